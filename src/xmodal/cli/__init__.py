@@ -1,0 +1,38 @@
+"""``xmodal <verb>``: a thin command line; every verb calls library functions.
+
+Each verb group lives in its own module under ``xmodal.cli`` and registers itself on ``app`` via
+``register(app)``; add a module name to ``COMMAND_MODULES`` to add verbs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ..errors import XmodalError
+
+app = typer.Typer(
+    name="xmodal",
+    help="Cross-modal retrieval: index images, search by text or image, evaluate, train, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "search_cmds",  # index, search, demo
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: xmodal errors become one clear line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except XmodalError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

@@ -1,0 +1,309 @@
+"""FAISS backend: exact inner-product search by default, HNSW and IVF-PQ as options.
+
+Items have string ids; FAISS sees dense int64 labels (positions in ``self._ids``). Removed items
+are dropped from FAISS where the index type supports it (Flat, IVF) and masked with an
+``IDSelector`` where it does not (HNSW), so results never contain a removed id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .base import as_float32_matrix, check_k, check_new_ids
+from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
+
+try:
+    import faiss
+except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
+    raise ImportError("the FAISS backend needs faiss: `pip install faiss-cpu`") from e
+
+KINDS = ("flat", "hnsw", "ivfpq")
+
+
+class FaissIndex:
+    """A FAISS index over string ids.
+
+    Args:
+        dim: vector dimension.
+        kind: ``"flat"`` (exact), ``"hnsw"`` (graph ANN), or ``"ivfpq"`` (inverted lists + product
+            quantisation; needs training: the first ``add`` trains it on the vectors given).
+        metric: ``"ip"`` (inner product; cosine on L2-normalised vectors) or ``"l2"``.
+        model_id: name of the model that made the vectors; checked again on load.
+        hnsw_m / ef_construction / ef_search: HNSW graph degree and beam widths.
+        nlist / pq_m / pq_bits / nprobe: IVF-PQ lists, sub-quantisers, bits per code, lists probed.
+    """
+
+    engine = "faiss"
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "flat",
+        metric: str = "ip",
+        model_id: str | None = None,
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        nlist: int | None = None,
+        pq_m: int | None = None,
+        pq_bits: int = 8,
+        nprobe: int = 16,
+    ) -> None:
+        if kind not in KINDS:
+            raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
+        if metric not in ("ip", "l2"):
+            raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
+        if dim < 1:
+            raise InvalidInputError(f"dimension must be positive; got {dim}.")
+        self.dim = int(dim)
+        self.kind = kind
+        self.metric = metric
+        self.model_id = model_id
+        self.params: dict[str, Any] = {
+            "hnsw_m": hnsw_m,
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "nlist": nlist,
+            "pq_m": pq_m,
+            "pq_bits": pq_bits,
+            "nprobe": nprobe,
+        }
+        self._ids: list[str | None] = []  # label -> id (None once removed)
+        self._label: dict[str, int] = {}  # id -> label
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._removed: set[int] = set()  # labels masked at search time (HNSW cannot delete)
+        self._index: faiss.Index | None = None
+        self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
+
+    # ------------------------------------------------------------------ building
+    @property
+    def _faiss_metric(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+
+    def _new_faiss_index(self, train_vectors: np.ndarray) -> faiss.Index:
+        p = self.params
+        if self.kind == "flat":
+            base = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+            return faiss.IndexIDMap2(base)
+        if self.kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.dim, p["hnsw_m"], self._faiss_metric)
+            base.hnsw.efConstruction = p["ef_construction"]
+            base.hnsw.efSearch = p["ef_search"]
+            return faiss.IndexIDMap2(base)
+        # IVF-PQ: choose sizes from the data when not given (about 4*sqrt(n) lists, >= 39 points per list).
+        n = len(train_vectors)
+        nlist = p["nlist"] or int(max(1, min(4 * np.sqrt(n), n // 39)))
+        pq_m = p["pq_m"] or _largest_divisor_at_most(self.dim, max(1, self.dim // 4))
+        if self.dim % pq_m:
+            raise InvalidInputError(f"pq_m={pq_m} must divide the dimension {self.dim}.")
+        if n < max(nlist, 2 ** p["pq_bits"]):
+            raise InvalidInputError(
+                f"IVF-PQ needs at least {max(nlist, 2 ** p['pq_bits'])} vectors in the first add() to train "
+                f"(got {n}); add more vectors at once or use kind='flat'/'hnsw'."
+            )
+        quantizer = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, pq_m, p["pq_bits"], self._faiss_metric)
+        # Rank with exact distances to the stored codes' reconstructions; good default for IP.
+        ivf.train(train_vectors)
+        ivf.nprobe = p["nprobe"]
+        p.update(nlist=nlist, pq_m=pq_m)
+        return faiss.IndexIDMap2(ivf)
+
+    def add(
+        self,
+        ids: Sequence[str],
+        vectors: Any,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Add vectors under string ids (unique, not yet present)."""
+        vecs = as_float32_matrix(vectors, self.dim)
+        ids = check_new_ids(ids, self._label, len(vecs))
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidInputError(f"got {len(metadata)} metadata records for {len(ids)} ids.")
+        if not ids:
+            return
+        if self._index is None:
+            self._index = self._new_faiss_index(vecs)
+        start = len(self._ids)
+        labels = np.arange(start, start + len(ids), dtype=np.int64)
+        self._index.add_with_ids(vecs, labels)
+        self._ids.extend(ids)
+        for j, i in enumerate(ids):
+            self._label[i] = start + j
+            if metadata is not None:
+                self._meta[i] = dict(metadata[j])
+        self._ids_arr = None
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove items by id; unknown ids are ignored. Returns how many were removed."""
+        labels = [self._label.pop(str(i)) for i in ids if str(i) in self._label]
+        if not labels:
+            return 0
+        for lab in labels:
+            self._meta.pop(self._ids[lab], None)
+            self._ids[lab] = None
+        arr = np.asarray(labels, dtype=np.int64)
+        if self.kind == "hnsw":
+            self._removed.update(labels)
+        else:
+            self._index.remove_ids(faiss.IDSelectorBatch(arr))
+        self._ids_arr = None
+        return len(labels)
+
+    # ------------------------------------------------------------------ querying
+    def __len__(self) -> int:
+        return len(self._label)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._label
+
+    def ids(self) -> list[str]:
+        return [i for i in self._ids if i is not None]
+
+    def metadata(self, item_id: str) -> dict[str, Any]:
+        if item_id not in self._label:
+            raise KeyError(item_id)
+        return self._meta.get(item_id, {})
+
+    def reconstruct(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of the given ids (exact for flat/HNSW, decoded for IVF-PQ)."""
+        if self._index is None:
+            raise InvalidInputError("the index is empty.")
+        missing = [i for i in item_ids if i not in self._label]
+        if missing:
+            raise InvalidInputError(f"unknown ids: {missing[:5]}")
+        return np.stack([self._index.reconstruct(int(self._label[i])) for i in item_ids]).astype(np.float32)
+
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        if ef_search is not None:
+            self.params["ef_search"] = ef_search
+        if nprobe is not None:
+            self.params["nprobe"] = nprobe
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        if self._index is None:
+            return
+        inner = faiss.downcast_index(self._index.index)
+        if self.kind == "hnsw":
+            inner.hnsw.efSearch = self.params["ef_search"]
+        elif self.kind == "ivfpq":
+            inner.nprobe = self.params["nprobe"]
+
+    def _lookup(self) -> np.ndarray:
+        if self._ids_arr is None:
+            self._ids_arr = np.array(self._ids + [None], dtype=object)  # label -1 -> None
+        return self._ids_arr
+
+    def search(
+        self, queries: Any, k: int, filter: Iterable[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ids and scores for each query row.
+
+        ``filter``: only these ids may be returned (ids unknown to the index are ignored).
+        """
+        k = check_k(k)
+        q = as_float32_matrix(queries, self.dim, what="queries")
+        if self._index is None or len(self) == 0:
+            return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
+        params = self._search_params(filter)
+        if params is None:
+            scores, labels = self._index.search(q, k)
+        else:
+            scores, labels = self._index.search(q, k, params=params)
+        ids = self._lookup()[labels]
+        missing = labels < 0
+        if missing.any():
+            scores = scores.copy()
+            scores[missing] = -np.inf
+        if self.metric == "l2":
+            scores = -scores  # higher is better everywhere in xmodal
+        return scores, ids
+
+    def _search_params(self, filter: Iterable[str] | None) -> Any:
+        selector = None
+        if filter is not None:
+            allowed = np.asarray([self._label[i] for i in filter if i in self._label], dtype=np.int64)
+            selector = faiss.IDSelectorBatch(allowed)
+        elif self._removed:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._removed, dtype=np.int64)))
+        if selector is None:
+            return None
+        # IndexIDMap translates the selector's external labels for the wrapped index.
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params["ef_search"])
+        elif self.kind == "ivfpq":
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params["nprobe"])
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        params._keep = selector  # keep the selector alive as long as the params object
+        return params
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the index folder atomically: ``index.faiss``, ``ids.json``, ``metadata.jsonl``, manifest."""
+        path = Path(path)
+        with atomic_folder(path) as tmp:
+            files = ["ids.json", "metadata.jsonl"]
+            if self._index is not None:
+                faiss.write_index(self._index, str(tmp / "index.faiss"))
+                files.append("index.faiss")
+            (tmp / "ids.json").write_text(json.dumps({"ids": self._ids, "removed": sorted(self._removed)}))
+            with open(tmp / "metadata.jsonl", "w") as f:
+                for i, m in self._meta.items():
+                    f.write(json.dumps({"id": i, "meta": m}) + "\n")
+            manifest = Manifest(
+                engine=self.engine,
+                dimension=self.dim,
+                count=len(self),
+                metric=self.metric,
+                model_id=self.model_id,
+                params={"kind": self.kind, **self.params},
+            )
+            write_manifest(tmp, manifest, files)
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, model_id: str | None = None, dimension: int | None = None, verify: bool = True
+    ) -> "FaissIndex":
+        """Load an index folder; refuse it if ``model_id``/``dimension`` are given and do not match."""
+        path = Path(path)
+        m = read_manifest(path, verify=verify)
+        if m.engine != cls.engine:
+            from ..errors import IndexMismatchError
+
+            raise IndexMismatchError(f"'{path}' is a '{m.engine}' index, not a FAISS index; load it with xmodal.load_index().")
+        check_compatible(m, path, model_id=model_id, dimension=dimension)
+        params = dict(m.params)
+        kind = params.pop("kind", "flat")
+        self = cls(m.dimension, kind=kind, metric=m.metric, model_id=m.model_id, **params)
+        raw = json.loads((path / "ids.json").read_text())
+        self._ids = raw["ids"]
+        self._removed = set(raw.get("removed", []))
+        self._label = {i: lab for lab, i in enumerate(self._ids) if i is not None}
+        with open(path / "metadata.jsonl") as f:
+            for line in f:
+                rec = json.loads(line)
+                self._meta[rec["id"]] = rec["meta"]
+        if (path / "index.faiss").exists():
+            self._index = faiss.read_index(str(path / "index.faiss"))
+            self._apply_search_params()
+        if len(self) != m.count:
+            from ..errors import CorruptIndexError
+
+            raise CorruptIndexError(f"index '{path}' lists {len(self)} ids but its manifest says {m.count}.")
+        return self
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    for d in range(min(cap, n), 0, -1):
+        if n % d == 0:
+            return d
+    return 1

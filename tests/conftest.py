@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random models saved to disk and loaded back through the user's path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never touch the network in tests: transformers/hub calls fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP saved as a user checkpoint folder (config.json + model.safetensors + tokenizer)."""
+    from xmodal.models.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    build_tiny_model("clip", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from xmodal import DualEncoder
+
+    return DualEncoder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    """A folder of 12 small coloured images (two in a sub-folder) and one corrupt file."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "pink", "brown", "cyan"]
+    for i, c in enumerate(colours):
+        img = Image.new("RGB", (40 + i, 36), c)
+        ImageDraw.Draw(img).ellipse((5, 5, 25, 25), fill="white" if c != "white" else "black")
+        target = folder / "sub" if i >= 10 else folder
+        img.save(target / f"img_{i:02d}_{c}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return folder
