@@ -20,7 +20,7 @@ from .errors import (
 )
 from .indexes import FaissIndex, load_index
 from .models import DualEncoder, build_tiny_model
-from .retrieve.results import SearchResult
+from .retrieve import Retriever, SearchResult
 
 __all__ = [
     "__version__",
@@ -29,6 +29,7 @@ __all__ = [
     "FaissIndex",
     "load_index",
     "SearchResult",
+    "Retriever",
     "XmodalError",
     "ModelNotFoundError",
     "IndexMismatchError",

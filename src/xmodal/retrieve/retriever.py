@@ -1,0 +1,103 @@
+"""``Retriever``: retrieve fast with a dual encoder + index, optionally rerank smart with a cross-encoder."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..data.images import open_image
+from ..errors import InvalidInputError
+from .results import SearchResult
+
+
+class Reranker(Protocol):
+    """A model that reads a (query, candidate) pair jointly and scores it.
+
+    ``score(queries, candidates)`` takes two aligned lists (pair i is ``(queries[i], candidates[i])``);
+    a query/candidate is a text (``str``) or an image (PIL image, path or bytes). Returns ``(n,)``
+    float32 scores, higher = better match.
+    """
+
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
+
+
+class Retriever:
+    """Search an index with a dual encoder; rerank the top ``depth`` with a cross-encoder if one is given.
+
+    Args:
+        encoder: a ``DualEncoder`` (or anything with ``encode_text``/``encode_image``).
+        index: an ``Index`` built from the *other* modality's embeddings of the same encoder.
+        reranker: optional ``Reranker``; it needs the candidates' raw content, given by ``resolve``.
+        depth: how many candidates the index returns for reranking.
+        resolve: item id -> raw content (image path/PIL or text) for the reranker. Defaults to the
+            index metadata's ``path`` (joined to ``root``) or ``text`` field.
+    """
+
+    def __init__(self, encoder: Any, index: Any, reranker: Reranker | None = None, depth: int = 50,
+                 resolve: Any = None, root: str | None = None) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.reranker = reranker
+        self.depth = depth
+        self.root = root
+        self._resolve = resolve
+
+    def resolve(self, item_id: str) -> Any:
+        if self._resolve is not None:
+            return self._resolve(item_id)
+        meta = self.index.metadata(item_id) if hasattr(self.index, "metadata") else {}
+        if "text" in meta:
+            return meta["text"]
+        if "path" in meta:
+            import os
+
+            return os.path.join(self.root, meta["path"]) if self.root else meta["path"]
+        raise InvalidInputError(f"cannot rerank: no content known for item '{item_id}' (no 'path'/'text' metadata).")
+
+    def _embed_query(self, text: str | None, image: Any) -> np.ndarray:
+        if text is not None and not str(text).strip():
+            raise InvalidInputError("the text query is empty.")
+        if text is None and image is None:
+            raise InvalidInputError("give a text query, an image query, or both.")
+        vecs = []
+        if text is not None:
+            vecs.append(self.encoder.encode_text([text], show_progress=False)[0])
+        if image is not None:
+            vecs.append(self.encoder.encode_image([open_image(image)], show_progress=False)[0])
+        q = np.mean(vecs, axis=0)  # text+image query: mean of the two unit vectors, renormalised
+        return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
+
+    def search(self, text: str | None = None, image: Any = None, k: int = 10, rerank: bool | None = None,
+               depth: int | None = None, filter: Any = None) -> SearchResult:
+        """Top-``k`` items for a text and/or image query; reranked when a reranker is set (and ``rerank`` is not False)."""
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1; got {k}.")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        q = self._embed_query(text, image)
+        timings["encode"] = time.perf_counter() - t0
+        use_rerank = self.reranker is not None and rerank is not False
+        if rerank and self.reranker is None:
+            raise InvalidInputError("reranking was asked for but this retriever has no reranker.")
+        depth = max(k, depth or self.depth) if use_rerank else k
+        t0 = time.perf_counter()
+        scores, ids = self.index.search(q[None, :], depth, filter=filter)
+        timings["retrieve"] = time.perf_counter() - t0
+        hits = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i is not None]
+        stage = "retrieve"
+        if use_rerank and hits:
+            if text is not None and image is not None:
+                raise InvalidInputError("reranking supports a text or an image query, not both at once.")
+            t0 = time.perf_counter()
+            query = text if text is not None else open_image(image)
+            cands = [self.resolve(i) for i, _ in hits]
+            rs = np.asarray(self.reranker.score([query] * len(cands), cands), dtype=np.float32)
+            order = np.argsort(-rs, kind="stable")
+            hits = [(hits[j][0], float(rs[j])) for j in order]
+            timings["rerank"] = time.perf_counter() - t0
+            stage = "rerank"
+        hits = hits[:k]
+        meta = [self.index.metadata(i) if hasattr(self.index, "metadata") else {} for i, _ in hits]
+        return SearchResult([i for i, _ in hits], [s for _, s in hits], stage=stage, metadata=meta, timings=timings)
