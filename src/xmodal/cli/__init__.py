@@ -29,8 +29,20 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
+def _quiet_libraries() -> None:
+    """Hide transformers' per-load progress bars and info logs: the CLI prints its own progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: xmodal errors become one clear line on stderr and exit code 2."""
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=True)
     except XmodalError as e:

@@ -6,7 +6,8 @@ Contract (see DESIGN.md):
 - ``search(queries, k, filter=None) -> (scores, ids)``: ``scores`` is ``(q, k)`` float32, ``ids`` is a
   ``(q, k)`` object array of str; slots with no result hold score ``-inf`` and id ``None``.
   ``filter`` restricts results to a set of ids (metadata filters build on this).
-- ``remove(ids)``, ``save(path)``, ``load(path)``, ``__len__``, ``ids()``.
+- ``remove(ids)``, ``save(path)``, ``load(path)``, ``__len__``, ``__contains__``, ``ids()``,
+  ``metadata(id) -> dict`` (what was given to ``add``; ``{}`` if nothing).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Index(Protocol):
     def __len__(self) -> int: ...
 
     def ids(self) -> list[str]: ...
+
+    def __contains__(self, item_id: str) -> bool: ...
+
+    def metadata(self, item_id: str) -> dict[str, Any]: ...
 
 
 def as_float32_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
