@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .data.images import find_images, open_image
 from .errors import IndexNotFoundError, InvalidInputError, XmodalError
 from .indexes import load_index
+from .indexes.manifest import MANIFEST_NAME
 
 COLLECTION_FILE = "collection.json"
 BUILD_DIR = ".build"
@@ -125,7 +126,7 @@ def build_collection(
     report = BuildReport(total=len(files))
     current = {p.relative_to(image_dir).as_posix(): p for p in files}
 
-    if (out / COLLECTION_FILE).exists():
+    if (out / MANIFEST_NAME).exists():  # an earlier complete run: update it
         index = load_index(out, model_id=model.model_id, dimension=model.embedding_dim)
     else:
         if engine not in ENGINE_FACTORIES:

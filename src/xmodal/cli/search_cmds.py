@@ -30,7 +30,7 @@ def index(
     if model is None:
         if not (out / COLLECTION_FILE).exists():
             raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
-        model = open_collection(out, verify=False).model_name
+        model = json.loads((out / COLLECTION_FILE).read_text()).get("model")
     options = {"kind": kind} if engine == "faiss" else {}
     report = build_collection(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=not quiet, **options)
