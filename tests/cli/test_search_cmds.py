@@ -25,7 +25,8 @@ def test_index_then_search_end_to_end(tiny_model_dir, image_folder, tmp_path):
     assert r.returncode == 0 and "0 added" in r.stdout and "12 unchanged" in r.stdout
     r = run("search", str(idx), "a red circle", "-k", "3")
     assert r.returncode == 0, r.stderr
-    assert len([line for line in r.stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]) == 3
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["1", "2", "3"] and all(row[3].startswith("/") for row in rows)
     r = run("search", str(idx), "--image", str(image_folder / "img_04_purple.png"), "--json", "-k", "2")
     out = json.loads(r.stdout)
     assert out["ids"][0] == "img_04_purple.png" and out["stage"] == "retrieve" and len(out["paths"]) == 2
