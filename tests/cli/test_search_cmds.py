@@ -23,8 +23,11 @@ def test_index_then_search_end_to_end(tiny_model_dir, image_folder, tmp_path):
     assert "12 added" in r.stdout and "1 failed" in r.stdout and "broken.jpg" in r.stderr
     r = run("index", str(image_folder), "--out", str(idx), "-q")  # model taken from the index; nothing to do
     assert r.returncode == 0 and "0 added" in r.stdout and "12 unchanged" in r.stdout
-    r = run("search", str(idx), "a red circle", "-k", "3")
+    r = run("search", str(idx), "a red circle", "-k", "3", "--gallery", str(tmp_path / "g.png"))
     assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size[0] > 3 * 96
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
     assert [row[0] for row in rows] == ["1", "2", "3"] and all(row[3].startswith("/") for row in rows)
     r = run("search", str(idx), "--image", str(image_folder / "img_04_purple.png"), "--json", "-k", "2")

@@ -50,6 +50,7 @@ def search(
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross-encoder to rerank with (hub id or folder)."),
     depth: int = typer.Option(50, "--depth", help="Candidates retrieved for reranking."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Also save the results as a PNG contact sheet."),
 ) -> None:
     """Search an index by text and/or image; prints rank, score, id and path."""
     from ..collection import open_collection
@@ -69,6 +70,11 @@ def search(
     retriever = collection.retriever(model=model, reranker=reranker, depth=depth)
     result = retriever.search(text=query, image=image, k=k)
     paths = [str(collection.image_path(i)) for i in result.ids]
+    if gallery is not None:
+        from ..visualize import save_gallery
+
+        label = " + ".join(x for x in (query and f"'{query}'", image and f"image {Path(image).name}") if x)
+        save_gallery([(label, paths, result.scores)], gallery)
     if as_json:
         payload = result.to_dict()
         payload["paths"] = paths

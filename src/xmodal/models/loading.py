@@ -151,6 +151,8 @@ def _load_open_clip_folder(path: Path) -> OpenClipBackbone:
         image_size, is_train=False, mean=pp.get("mean"), std=pp.get("std")
     )
     ctx = model_cfg["text_cfg"].get("context_length", 77)
-    tok_name = model_cfg["text_cfg"].get("hf_tokenizer_name")
-    tokenizer = open_clip.get_tokenizer(tok_name and f"hf-hub:{tok_name}" or "ViT-B-32", context_length=ctx) if tok_name else open_clip.SimpleTokenizer(context_length=ctx)
+    hf_tok = model_cfg["text_cfg"].get("hf_tokenizer_name")
+    # CLIP-style open_clip models use open_clip's own BPE tokenizer (bundled with the package);
+    # text towers taken from transformers name their tokenizer in the config.
+    tokenizer = open_clip.HFTokenizer(hf_tok, context_length=ctx) if hf_tok else open_clip.SimpleTokenizer(context_length=ctx)
     return OpenClipBackbone(model, tokenizer, preprocess, name=str(arch), model_cfg=model_cfg, preprocess_cfg=pp)
