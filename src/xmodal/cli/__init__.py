@@ -22,7 +22,8 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "search_cmds",  # index, search, demo
+    "search_cmds",  # index, search
+    "eval_cmds",  # evaluate
 )
 
 for _name in COMMAND_MODULES:

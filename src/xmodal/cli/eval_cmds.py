@@ -1,0 +1,68 @@
+"""``xmodal evaluate``: R@1/5/10 both directions and mean recall on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InvalidInputError
+
+
+def evaluate(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH, e.g. karpathy:dataset_flickr30k.json, csv:pairs.csv, folder:DIR, muge:valid_texts.jsonl, wds:shards-*.tar"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Dual encoder (hub id, open_clip:..., folder)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (Karpathy/CSV) or base64 TSV (MUGE)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (Karpathy: test/val/train)."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross-encoder to rerank with."),
+    depth: int = typer.Option(20, "--depth", help="Candidates reranked per query."),
+    compare: bool = typer.Option(False, "--compare", help="With --rerank: also run retrieve-only and rerank-all (small sets)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write metrics JSON here."),
+    muge_out: Optional[Path] = typer.Option(None, "--muge-predictions", help="Write MUGE top-10 predictions jsonl (text->image)."),
+) -> None:
+    """Evaluate retrieval (optionally with reranking) and print a table of recalls."""
+    from ..data.datasets import load_dataset
+    from ..evaluation import RetrievalEvaluator, format_table
+
+    if model is None and rerank is None:
+        raise InvalidInputError("give --model, --rerank, or both.")
+    ds = load_dataset(dataset, images=images, split=split)
+    ev = RetrievalEvaluator(ds, batch_size=batch_size, show_progress=True)
+    encoder = reranker = None
+    if model:
+        from ..models.dual import DualEncoder
+
+        encoder = DualEncoder.from_pretrained(model)
+    if rerank:
+        from ..models.cross import load_reranker
+
+        reranker = load_reranker(rerank)
+    results: dict[str, dict[str, float]] = {}
+    if encoder is not None and (reranker is None or compare):
+        results["retrieve"] = ev(encoder)
+    if reranker is not None and encoder is not None:
+        results[f"retrieve+rerank@{depth}"] = ev(encoder, reranker=reranker, depth=depth)
+    if reranker is not None and (encoder is None or compare):
+        results["rerank-all"] = ev(None, reranker=reranker)
+    typer.echo(f"{ds.name} / {ds.split}: {len(ds.images)} images, {len(ds.captions)} captions")
+    typer.echo(format_table(results))
+    if out:
+        out.write_text(json.dumps(results, indent=2))
+    if muge_out:
+        if encoder is None:
+            raise InvalidInputError("--muge-predictions needs --model.")
+        from ..evaluation.muge import write_muge_predictions
+
+        queries = ds.extra.get("queries") or {c.caption_id or str(n): (c.text, [c.image_id]) for n, c in enumerate(ds.captions)}
+        txt = encoder.encode_text([t for t, _ in queries.values()])
+        img = encoder.encode_image([ds.images[i] for i in ds.image_ids])
+        top = (-(txt @ img.T)).argsort(axis=1)[:, :10]
+        write_muge_predictions(muge_out, list(queries), [[ds.image_ids[j] for j in row] for row in top])
+        typer.echo(f"MUGE predictions written to {muge_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,230 @@
+"""Readers for the field's dataset formats; each returns an ``ImageTextDataset`` for one split.
+
+Formats: Karpathy-split JSON (Flickr30k/COCO), MUGE/Chinese-CLIP jsonl + base64 image TSV,
+Multi30k-style parallel caption files, CSV/TSV ``image,caption``, a folder of images with sidecar
+``.txt`` captions, and webdataset tar shards. Malformed input raises ``DatasetFormatError`` naming
+the file and the line or record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import glob
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import DatasetFormatError, InvalidInputError
+from .images import IMAGE_SUFFIXES, find_images
+from .types import Caption, ImageTextDataset
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"dataset file not found: '{path}'.") from e
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
+
+
+def read_karpathy(path: str | Path, images_dir: str | Path | None = None, split: str = "test",
+                  name: str | None = None) -> ImageTextDataset:
+    """Karpathy-split JSON: ``{"images": [{"filename", "split", "sentences": [{"raw"}], "filepath"?}], "dataset"?}``.
+
+    ``split`` may be ``train``, ``val``, ``test``, ``restval`` or ``train+restval`` (COCO's full training set).
+    Image ids are file names (with ``filepath`` prefix for COCO); sources are paths under ``images_dir``.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetFormatError(f"{path}: expected an object with an 'images' list (Karpathy split format).")
+    splits = set(split.split("+"))
+    root = Path(images_dir) if images_dir is not None else path.parent
+    images: dict[str, Any] = {}
+    captions: list[Caption] = []
+    for n, rec in enumerate(data["images"]):
+        if not isinstance(rec, dict) or "filename" not in rec or "sentences" not in rec:
+            raise DatasetFormatError(f"{path}: images[{n}] lacks 'filename' or 'sentences'.")
+        if rec.get("split", "test") not in splits:
+            continue
+        rel = f"{rec['filepath']}/{rec['filename']}" if rec.get("filepath") else rec["filename"]
+        if rel in images:
+            raise DatasetFormatError(f"{path}: images[{n}] repeats image '{rel}'.")
+        images[rel] = root / rel
+        for m, s in enumerate(rec["sentences"]):
+            text = s.get("raw") if isinstance(s, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise DatasetFormatError(f"{path}: images[{n}].sentences[{m}] has no 'raw' text.")
+            captions.append(Caption(text.strip(), rel, s.get("lang", "en"), str(s.get("sentid", f"{rel}#{m}"))))
+    if not images:
+        raise DatasetFormatError(f"{path}: no images in split '{split}'.")
+    extra = {k: v for k, v in data.items() if k not in ("images",)}
+    return ImageTextDataset(images, captions, name=name or data.get("dataset", path.stem), split=split, extra=extra)
+
+
+def read_csv(path: str | Path, images_dir: str | Path | None = None, image_col: str = "image",
+             caption_col: str = "caption", name: str | None = None, split: str = "all") -> ImageTextDataset:
+    """CSV (``,``) or TSV (``.tsv``, tab) with a header naming the image and caption columns."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetFormatError(f"dataset file not found: '{path}'.")
+    root = Path(images_dir) if images_dir is not None else path.parent
+    delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    images: dict[str, Any] = {}
+    captions: list[Caption] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        if reader.fieldnames is None or image_col not in reader.fieldnames or caption_col not in reader.fieldnames:
+            raise DatasetFormatError(f"{path}:1: header must name columns '{image_col}' and '{caption_col}'; got {reader.fieldnames}.")
+        for row in reader:
+            line = reader.line_num
+            img, cap = (row.get(image_col) or "").strip(), (row.get(caption_col) or "").strip()
+            if not img or not cap or None in row:
+                raise DatasetFormatError(f"{path}:{line}: needs a non-empty image and caption (got {dict(row)}).")
+            images.setdefault(img, root / img)
+            captions.append(Caption(cap, img))
+    return ImageTextDataset(images, captions, name=name or path.stem, split=split)
+
+
+def read_folder(folder: str | Path, name: str | None = None, split: str = "all") -> ImageTextDataset:
+    """Images with sidecar captions: ``cat.jpg`` + ``cat.txt`` (one caption per non-empty line)."""
+    folder = Path(folder)
+    images: dict[str, Any] = {}
+    captions: list[Caption] = []
+    for p in find_images(folder):
+        side = p.with_suffix(".txt")
+        if not side.exists():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        lines = [ln.strip() for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise DatasetFormatError(f"{side}: caption file is empty.")
+        images[rel] = p
+        captions += [Caption(t, rel) for t in lines]
+    if not images:
+        raise DatasetFormatError(f"{folder}: no image has a sidecar .txt caption file.")
+    return ImageTextDataset(images, captions, name=name or folder.name, split=split)
+
+
+def read_muge(queries: str | Path, images_tsv: str | Path, name: str = "muge", split: str = "valid") -> ImageTextDataset:
+    """MUGE / Chinese-CLIP: queries jsonl (``query_id``, ``query_text``, ``item_ids``) + ``image_id<TAB>base64`` TSV.
+
+    Each query becomes one caption of its first item; all queries with their full item lists are in
+    ``extra["queries"]`` (query_id -> (text, [item ids])) for MUGE-style scoring.
+    """
+    images: dict[str, Any] = {}
+    tsv = Path(images_tsv)
+    if not tsv.exists():
+        raise DatasetFormatError(f"image TSV not found: '{tsv}'.")
+    with open(tsv, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2:
+                raise DatasetFormatError(f"{tsv}:{n}: expected 'image_id<TAB>base64', got {len(parts)} fields.")
+            try:
+                images[parts[0]] = base64.b64decode(parts[1], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise DatasetFormatError(f"{tsv}:{n}: image '{parts[0]}' is not valid base64.") from e
+    qpath = Path(queries)
+    if not qpath.exists():
+        raise DatasetFormatError(f"queries file not found: '{qpath}'.")
+    captions: list[Caption] = []
+    qs: dict[Any, tuple[str, list[str]]] = {}
+    with open(qpath, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                qid, text, items = rec["query_id"], rec["query_text"], [str(i) for i in rec["item_ids"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DatasetFormatError(f"{qpath}:{n}: needs JSON with query_id, query_text, item_ids ({e}).") from e
+            unknown = [i for i in items if i not in images]
+            if unknown or not items:
+                raise DatasetFormatError(f"{qpath}:{n}: query {qid} refers to unknown or no images {unknown[:3]}.")
+            qs[qid] = (text, items)
+            captions.append(Caption(text, items[0], lang="zh", caption_id=str(qid)))
+    return ImageTextDataset(images, captions, name=name, split=split, extra={"queries": qs})
+
+
+def read_multi30k(caption_files: dict[str, str | Path], image_list: str | Path, images_dir: str | Path,
+                  name: str = "multi30k", split: str = "test") -> ImageTextDataset:
+    """Multi30k-style parallel files: one image file name per line, and per language one caption per line."""
+    names = [ln.strip() for ln in Path(image_list).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    images = {n: Path(images_dir) / n for n in names}
+    captions: list[Caption] = []
+    for lang, f in caption_files.items():
+        lines = Path(f).read_text(encoding="utf-8").splitlines()
+        lines = lines[:-1] if lines and not lines[-1].strip() and len(lines) == len(names) + 1 else lines
+        if len(lines) != len(names):
+            raise DatasetFormatError(f"{f}: {len(lines)} captions for {len(names)} images in {image_list}; files must be parallel.")
+        for n, (img, text) in enumerate(zip(names, lines), start=1):
+            if not text.strip():
+                raise DatasetFormatError(f"{f}:{n}: empty caption.")
+            captions.append(Caption(text.strip(), img, lang=lang))
+    return ImageTextDataset(images, captions, name=name, split=split)
+
+
+def read_webdataset(shards: str | Sequence[str], name: str = "webdataset", split: str = "all") -> ImageTextDataset:
+    """webdataset tar shards: members ``KEY.jpg|png|webp`` + ``KEY.txt`` (caption) or ``KEY.json`` (``caption``/``captions``)."""
+    paths = sorted(glob.glob(shards)) if isinstance(shards, str) else list(shards)
+    if not paths:
+        raise DatasetFormatError(f"no shards match '{shards}'.")
+    images: dict[str, Any] = {}
+    captions: list[Caption] = []
+    for shard in paths:
+        try:
+            tar = tarfile.open(shard)
+        except (tarfile.TarError, OSError) as e:
+            raise DatasetFormatError(f"{shard}: not a readable tar shard ({e}).") from e
+        samples: dict[str, dict[str, bytes]] = {}
+        with tar:
+            for m in tar.getmembers():
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                samples.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
+        for key, parts in samples.items():
+            img_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
+            if img_ext is None:
+                raise DatasetFormatError(f"{shard}: sample '{key}' has no image member.")
+            texts: list[str] = []
+            if "txt" in parts:
+                texts = [t for t in parts["txt"].decode("utf-8").splitlines() if t.strip()]
+            elif "json" in parts:
+                meta = json.loads(parts["json"])
+                texts = meta.get("captions") or ([meta["caption"]] if "caption" in meta else [])
+            if not texts:
+                raise DatasetFormatError(f"{shard}: sample '{key}' has no caption (.txt or .json).")
+            images[key] = parts[img_ext]
+            captions += [Caption(t.strip(), key) for t in texts]
+    return ImageTextDataset(images, captions, name=name, split=split)
+
+
+READERS = {"karpathy": read_karpathy, "csv": read_csv, "tsv": read_csv, "folder": read_folder,
+           "muge": read_muge, "wds": read_webdataset, "webdataset": read_webdataset}
+
+
+def load_dataset(spec: str, images: str | Path | None = None, split: str | None = None) -> ImageTextDataset:
+    """Open a dataset from ``FORMAT:PATH``: ``karpathy:dataset_flickr30k.json`` (+ images dir), ``csv:pairs.csv``,
+    ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``."""
+    fmt, sep, path = spec.partition(":")
+    if not sep or fmt not in READERS:
+        raise InvalidInputError(f"dataset must be FORMAT:PATH with FORMAT one of {sorted(READERS)}; got '{spec}'.")
+    if fmt == "karpathy":
+        return read_karpathy(path, images, split=split or "test")
+    if fmt in ("csv", "tsv"):
+        return read_csv(path, images)
+    if fmt == "folder":
+        return read_folder(path)
+    if fmt == "muge":
+        if images is None:
+            raise InvalidInputError("MUGE needs --images pointing at the image_id<TAB>base64 TSV.")
+        return read_muge(path, images, split=split or "valid")
+    return read_webdataset(path)

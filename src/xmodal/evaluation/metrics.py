@@ -1,0 +1,92 @@
+"""Retrieval metrics with several positives per query, computed in memory-bounded chunks.
+
+Tie policy (pessimistic, as in clip_benchmark's and most papers' evaluation code paths that use
+``>=``): a negative whose score *equals* the best positive's score is counted as ranked above it.
+So a model that gives every candidate the same score gets R@K = 0, never a lucky hit.
+
+The first-hit rank of a query is the 0-based position of its best-ranked positive; it equals the
+number of negatives scoring at least as high as the highest-scoring positive.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def first_hit_ranks(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """0-based rank of the best positive per row. ``scores``/``positives``: ``(q, n)``; each row needs a positive."""
+    if not positives.any(axis=1).all():
+        raise ValueError("every query needs at least one positive candidate")
+    best_pos = np.where(positives, scores, -np.inf).max(axis=1, keepdims=True)
+    return ((scores >= best_pos) & ~positives).sum(axis=1)
+
+
+def ndcg_at_k(scores: np.ndarray, positives: np.ndarray, k: int) -> np.ndarray:
+    """Binary-relevance nDCG@k per row (ties broken by candidate order, i.e. stable sort)."""
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    gains = np.take_along_axis(positives, order, axis=1).astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (gains * discounts).sum(axis=1)
+    ideal = np.array([discounts[: min(int(n), k)].sum() for n in positives.sum(axis=1)])
+    return dcg / np.maximum(ideal, 1e-12)
+
+
+def summarize(ranks: np.ndarray, ndcg: np.ndarray | None, prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """R@K (percent, as papers report), MRR and nDCG@10 from first-hit ranks."""
+    out = {f"{prefix}_R@{k}": float(100.0 * np.mean(ranks < k)) for k in ks}
+    out[f"{prefix}_MRR"] = float(np.mean(1.0 / (ranks + 1)))
+    out[f"{prefix}_medR"] = float(np.median(ranks + 1))
+    if ndcg is not None:
+        out[f"{prefix}_nDCG@10"] = float(np.mean(ndcg))
+    return out
+
+
+def chunked_ranks(
+    score_rows: Callable[[int, int], np.ndarray],
+    n_queries: int,
+    positives_of: Callable[[int, int], np.ndarray],
+    chunk: int = 1024,
+    ndcg_k: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-hit ranks and nDCG for ``n_queries`` rows, ``chunk`` rows at a time.
+
+    ``score_rows(a, b)`` returns the ``(b-a, n)`` scores of queries ``a..b``; ``positives_of(a, b)``
+    their boolean relevance. Peak memory is ``chunk * n`` scores (1024 x 25k x 4 B = 100 MB).
+    """
+    ranks, ndcg = [], []
+    for a in range(0, n_queries, chunk):
+        b = min(a + chunk, n_queries)
+        s, p = score_rows(a, b), positives_of(a, b)
+        ranks.append(first_hit_ranks(s, p))
+        ndcg.append(ndcg_at_k(s, p, ndcg_k))
+    if not ranks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(ranks), np.concatenate(ndcg)
+
+
+def mean_recall(metrics: dict[str, float], ks: Sequence[int] = DEFAULT_KS) -> float:
+    """Mean of R@K over both directions (the "mR" of Multi30k/MUGE-style reports)."""
+    return float(np.mean([metrics[f"{d}_R@{k}"] for d in ("t2i", "i2t") for k in ks]))
+
+
+def pseudo_recall(retrieved_texts: Sequence[Sequence[str]], answers: Sequence[Iterable[str]],
+                  ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """FLMR's pseudo recall: a hit when any of the top-K retrieved passages contains an answer string.
+
+    Matching is case-insensitive substring matching, as in the OK-VQA retrieval evaluations.
+    """
+    if len(retrieved_texts) != len(answers):
+        raise ValueError("one list of answers per query is required")
+    out = {}
+    for k in ks:
+        hits = []
+        for passages, ans in zip(retrieved_texts, answers):
+            ans = [a.lower() for a in ans if a and a.strip()]
+            hits.append(any(a in p.lower() for p in passages[:k] for a in ans))
+        out[f"PRecall@{k}"] = float(100.0 * np.mean(hits)) if hits else 0.0
+    return out
