@@ -24,6 +24,7 @@ app = typer.Typer(
 COMMAND_MODULES: tuple[str, ...] = (
     "search_cmds",  # index, search
     "eval_cmds",  # evaluate
+    "demo_cmds",  # demo
 )
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,9 @@
+"""Training losses: InfoNCE, SigLIP, VSE++ max-violation, ITM with hard negatives, pytorch-metric-learning adapter."""
+
+from .contrastive import InfoNCELoss, MetricLearningLoss, SigLIPLoss, VSEPPLoss, gather_with_grad
+from .itm import ITMLoss, JointLoss, mine_hard_negatives
+
+LOSSES = {"infonce": InfoNCELoss, "siglip": SigLIPLoss, "vsepp": VSEPPLoss, "itm": ITMLoss, "joint": JointLoss}
+
+__all__ = ["InfoNCELoss", "SigLIPLoss", "VSEPPLoss", "MetricLearningLoss", "ITMLoss", "JointLoss", "mine_hard_negatives",
+           "gather_with_grad", "LOSSES"]

@@ -1,0 +1,124 @@
+"""Embedding losses for image-text pairs. Each is ``nn.Module(model, **hparams)`` with ``forward(batch)``.
+
+A batch is ``{"text": tokenized dict, "image": preprocessed dict, "labels": (n,) long}`` of aligned
+pairs (pair i = caption i with image i); ``labels`` names the image of each pair, so two captions
+of one image in a batch are not treated as negatives of each other where a loss supports that.
+With ``torch.distributed`` initialised, embeddings are gathered from all ranks (with gradients) so
+the in-batch negatives are the global batch, as in CLIP's training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, differentiable (no-op outside distributed training)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    if torch.distributed.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def embed_pair(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Global-batch text embeddings, image embeddings and labels."""
+    t = gather_with_grad(model.text_embeddings(batch["text"]))
+    i = gather_with_grad(model.image_embeddings(batch["image"]))
+    labels = batch.get("labels")
+    if labels is None:
+        labels = torch.arange(len(t), device=t.device)
+    else:
+        labels = gather_with_grad(labels.to(t.device).float()).long()  # gather needs float for grad path
+    return t, i, labels
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE (CLIP) with a learnable temperature; same-image captions are not negatives."""
+
+    def __init__(self, model: nn.Module, temperature: float = 0.07, learn_temperature: bool = True,
+                 max_scale: float = 100.0) -> None:
+        super().__init__()
+        self.model = model
+        self.max_scale = max_scale
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.log_scale.exp().clamp(max=self.max_scale))
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        t, i, labels = embed_pair(self.model, batch)
+        logits = self.log_scale.exp().clamp(max=self.max_scale) * t @ i.T
+        same = labels[:, None] == labels[None, :]
+        # Duplicate images in a batch: mask the other copies out of the softmax, keep the diagonal.
+        mask = same & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+        logits = logits.masked_fill(mask, float("-inf"))
+        target = torch.arange(len(t), device=t.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class SigLIPLoss(nn.Module):
+    """Pairwise sigmoid loss (SigLIP) with learnable scale and bias (init 10 and -10, as in the paper)."""
+
+    def __init__(self, model: nn.Module, init_scale: float = 10.0, init_bias: float = -10.0) -> None:
+        super().__init__()
+        self.model = model
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.tensor(init_bias))
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        t, i, labels = embed_pair(self.model, batch)
+        logits = self.log_scale.exp() * t @ i.T + self.bias
+        sign = 2.0 * (labels[:, None] == labels[None, :]).float() - 1.0
+        return -F.logsigmoid(sign * logits).sum() / len(t)
+
+
+class VSEPPLoss(nn.Module):
+    """VSE++ hinge triplet loss with margin; ``max_violation`` uses only the hardest negative (as in VSE++/TERN)."""
+
+    def __init__(self, model: nn.Module, margin: float = 0.2, max_violation: bool = True) -> None:
+        super().__init__()
+        self.model, self.margin, self.max_violation = model, margin, max_violation
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        t, i, labels = embed_pair(self.model, batch)
+        s = t @ i.T
+        pos = s.diag()
+        negatives = labels[:, None] != labels[None, :]
+        cost_t2i = (self.margin + s - pos[:, None]).clamp(min=0) * negatives  # text as anchor, wrong images
+        cost_i2t = (self.margin + s - pos[None, :]).clamp(min=0) * negatives  # image as anchor, wrong texts
+        if self.max_violation:
+            return cost_t2i.max(dim=1).values.mean() + cost_i2t.max(dim=0).values.mean()
+        return (cost_t2i.sum() + cost_i2t.sum()) / len(t)
+
+
+class MetricLearningLoss(nn.Module):
+    """Adapter for any pytorch-metric-learning loss (and optional miner) over both modalities.
+
+    Texts and images go in one embedding list; a pair's text and image share a label, so e.g.
+    ``losses.TripletMarginLoss`` with a ``miners.TripletMarginMiner`` mines cross-modal triplets.
+    """
+
+    def __init__(self, model: nn.Module, loss: Any, miner: Any = None, cross_modal_only: bool = True) -> None:
+        super().__init__()
+        self.model, self.loss, self.miner, self.cross_modal_only = model, loss, miner, cross_modal_only
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        t, i, labels = embed_pair(self.model, batch)
+        emb = torch.cat([t, i])
+        lab = torch.cat([labels, labels])
+        if self.cross_modal_only:
+            # pytorch-metric-learning's ref_emb form: anchors are texts, references are images and vice versa
+            loss_t = self.loss(t, labels, ref_emb=i, ref_labels=labels)
+            loss_i = self.loss(i, labels, ref_emb=t, ref_labels=labels)
+            return 0.5 * (loss_t + loss_i)
+        tuples = self.miner(emb, lab) if self.miner is not None else None
+        return self.loss(emb, lab, tuples)
