@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "search_cmds",  # index, search
     "eval_cmds",  # evaluate
     "demo_cmds",  # demo
+    "train_cmds",  # train, synth
 )
 
 for _name in COMMAND_MODULES:

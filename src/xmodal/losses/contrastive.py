@@ -52,7 +52,7 @@ class InfoNCELoss(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.log_scale.exp().clamp(max=self.max_scale))
+        return float(1.0 / self.log_scale.detach().exp().clamp(max=self.max_scale))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         t, i, labels = embed_pair(self.model, batch)
@@ -115,10 +115,23 @@ class MetricLearningLoss(nn.Module):
         t, i, labels = embed_pair(self.model, batch)
         emb = torch.cat([t, i])
         lab = torch.cat([labels, labels])
-        if self.cross_modal_only:
-            # pytorch-metric-learning's ref_emb form: anchors are texts, references are images and vice versa
-            loss_t = self.loss(t, labels, ref_emb=i, ref_labels=labels)
-            loss_i = self.loss(i, labels, ref_emb=t, ref_labels=labels)
-            return 0.5 * (loss_t + loss_i)
         tuples = self.miner(emb, lab) if self.miner is not None else None
+        if self.cross_modal_only:
+            tuples = self._cross_modal(tuples, lab, len(t))
         return self.loss(emb, lab, tuples)
+
+    @staticmethod
+    def _cross_modal(tuples: Any, lab: torch.Tensor, n_text: int) -> tuple[torch.Tensor, ...]:
+        """Keep only text<->image pairs (rows < n_text are texts): retrieval never compares two texts."""
+        from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+        if tuples is None:
+            tuples = lmu.get_all_pairs_indices(lab)
+        is_text = lambda x: x < n_text  # noqa: E731
+        if len(tuples) == 3:  # (anchor, positive, negative)
+            a, p, n = tuples
+            keep = (is_text(a) != is_text(p)) & (is_text(p) == is_text(n))
+            return a[keep], p[keep], n[keep]
+        a1, p, a2, n = tuples
+        kp, kn = is_text(a1) != is_text(p), is_text(a2) != is_text(n)
+        return a1[kp], p[kp], a2[kn], n[kn]

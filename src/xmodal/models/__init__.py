@@ -5,4 +5,18 @@ from .dual import DualEncoder
 from .loading import load_backbone
 from .tiny import build_tiny_model
 
-__all__ = ["Backbone", "HFBackbone", "OpenClipBackbone", "DualEncoder", "load_backbone", "build_tiny_model"]
+
+def load_model(name_or_path: str, **kwargs):
+    """Load any saved xmodal model by the ``kind`` in its ``xmodal.json`` (dual by default)."""
+    import json
+    from pathlib import Path
+
+    cfg = Path(str(name_or_path)) / "xmodal.json"
+    kind = json.loads(cfg.read_text()).get("kind", "dual") if cfg.exists() else "dual"
+    if kind == "joint":
+        from .joint import JointModel
+
+        return JointModel.from_pretrained(name_or_path, **kwargs)
+    return DualEncoder.from_pretrained(name_or_path, **kwargs)
+
+__all__ = ["Backbone", "HFBackbone", "OpenClipBackbone", "DualEncoder", "load_backbone", "build_tiny_model", "load_model"]
