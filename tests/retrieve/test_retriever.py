@@ -69,5 +69,5 @@ def test_cli_search_with_rerank(tiny_model_dir, image_folder, tmp_path):
     r = CliRunner().invoke(app, ["search", str(tmp_path / "idx"), "a red circle", "--rerank", str(tmp_path / "joint"),
                                  "--depth", "5", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(next(line for line in r.output.splitlines() if line.startswith("{")))
+    out = json.loads(r.stdout)
     assert out["stage"] == "rerank" and len(out["ids"]) == 3 and "rerank" in out["timings"]
