@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval_cmds",  # evaluate
     "demo_cmds",  # demo
     "train_cmds",  # train, synth
+    "serve_cmds",  # serve
 )
 
 for _name in COMMAND_MODULES:

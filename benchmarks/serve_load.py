@@ -1,0 +1,101 @@
+"""Bounded load check of `xmodal serve` on loopback: latency percentiles, requests/s, failures.
+
+Starts a real uvicorn server on 127.0.0.1 over an index (default: builds the offline demo's index
+if --index is not given), then sends --requests text searches from --concurrency client threads.
+Only 127.0.0.1 is ever contacted; the loop is bounded in count and time.
+
+    python benchmarks/serve_load.py --requests 2000 --concurrency 8
+    python benchmarks/serve_load.py --index xmodal-demo/index --rerank path/to/joint --depth 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+QUERIES = ["a big red circle", "a small blue square", "a green triangle", "a yellow cross to the left of a white circle",
+           "a big purple square", "a small orange circle"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", type=Path, default=None)
+    ap.add_argument("--rerank", default=None)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--time-limit", type=float, default=300.0, help="stop sending after this many seconds")
+    args = ap.parse_args()
+
+    from xmodal.server import create_app
+
+    index = args.index
+    if index is None:
+        from xmodal.demo import run_demo
+
+        index = run_demo("/tmp/xmodal-serve-load", steps=300, echo=lambda *_: None, show_progress=False)["index"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(index, reranker=args.rerank), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{base}/health").json()["status"] == "ok":
+                break
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.1)
+
+    deadline = time.time() + args.time_limit
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    client = httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_connections=args.concurrency))
+
+    def one(i: int) -> None:
+        if time.time() > deadline:
+            return
+        body = {"text": QUERIES[i % len(QUERIES)], "k": args.k}
+        if args.rerank:
+            body.update(rerank=True, depth=args.depth)
+        t0 = time.perf_counter()
+        try:
+            r = client.post("/search", json=body)
+            ok = r.status_code == 200 and len(r.json()["ids"]) > 0
+            err = None if ok else f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            err = type(e).__name__
+        dt = time.perf_counter() - t0
+        with lock:
+            (failures.append(err) if err else latencies.append(dt))
+
+    for i in range(20):  # warm-up, not counted
+        client.post("/search", json={"text": QUERIES[i % len(QUERIES)], "k": args.k})
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        list(pool.map(one, range(args.requests)))
+    wall = time.perf_counter() - t0
+    server.should_exit = True
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    print(f"index {index} ({'rerank@' + str(args.depth) if args.rerank else 'retrieve only'}), k={args.k}, "
+          f"{args.requests} requests, {args.concurrency} concurrent, loopback")
+    print(f"{'requests ok':>12} {'failed':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{len(latencies):>12} {len(failures):>7} {len(latencies) / wall:>8.1f} {1000 * q[49]:>8.1f} "
+          f"{1000 * q[94]:>8.1f} {1000 * q[98]:>8.1f} {1000 * max(latencies):>8.1f}")
+    if failures:
+        print("failures:", {f: failures.count(f) for f in set(failures)})
+
+
+if __name__ == "__main__":
+    main()
