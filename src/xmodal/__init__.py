@@ -21,6 +21,7 @@ from .errors import (
 from .indexes import FaissIndex, load_index
 from .models import DualEncoder, build_tiny_model
 from .retrieve import Retriever, SearchResult
+from .retrieve.late import LateCollection, index_collection
 
 __all__ = [
     "__version__",
@@ -30,6 +31,8 @@ __all__ = [
     "load_index",
     "SearchResult",
     "Retriever",
+    "index_collection",
+    "LateCollection",
     "XmodalError",
     "ModelNotFoundError",
     "IndexMismatchError",

@@ -41,7 +41,14 @@ def _faiss_factory(dim: int, model_id: str, folder: Path, kind: str = "flat", **
     return FaissIndex(dim, kind=kind, model_id=model_id, **options)
 
 
+def _late_factory(dim: int, model_id: str, folder: Path, nbits: int | None = 2, **options: Any) -> Any:
+    from .indexes.multivector import MultiVectorIndex
+
+    return MultiVectorIndex(dim, nbits=nbits, model_id=model_id, **options)
+
+
 ENGINE_FACTORIES["faiss"] = _faiss_factory
+ENGINE_FACTORIES["late-interaction"] = _late_factory
 
 
 @dataclass
@@ -121,7 +128,7 @@ def build_collection(
     if isinstance(model, (str, Path)):
         p = Path(model)
         model_name = str(p.resolve()) if p.is_dir() else str(model)
-        model = DualEncoder.from_pretrained(model)
+        model = load_encoder(model, engine)
     files = find_images(image_dir)
     report = BuildReport(total=len(files))
     current = {p.relative_to(image_dir).as_posix(): p for p in files}
@@ -225,12 +232,10 @@ class Collection:
         return path
 
     def load_model(self, model: str | None = None, device: str | None = None) -> Any:
-        from .models.dual import DualEncoder
-
         name = model or self.model_name
         if not name:
             raise XmodalError(f"the index at '{self.folder}' does not record its model; pass --model.")
-        encoder = DualEncoder.from_pretrained(name, device=device)
+        encoder = load_encoder(name, self.engine, device=device)
         from .indexes.manifest import check_compatible, read_manifest
 
         check_compatible(read_manifest(self.folder, verify=False), self.folder, model_id=encoder.model_id,
@@ -242,6 +247,17 @@ class Collection:
 
         encoder = model if model is not None and not isinstance(model, str) else self.load_model(model)
         return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=lambda i: self.image_path(i))
+
+
+def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None) -> Any:
+    """The encoder an engine needs: token/patch vectors for late interaction, single vectors otherwise."""
+    if engine == "late-interaction":
+        from .models.late import LateInteractionEncoder
+
+        return LateInteractionEncoder.from_pretrained(name, device=device)
+    from .models.dual import DualEncoder
+
+    return DualEncoder.from_pretrained(name, device=device)
 
 
 def _contains(index: Any, item_id: str) -> bool:

@@ -18,8 +18,9 @@ def index(
         None, "--model", "-m",
         help="Hub id (openai/clip-vit-base-patch32), open_clip:ARCH/TAG or a local folder. "
              "Defaults to the model recorded in an existing index."),
-    engine: str = typer.Option("faiss", help="Index engine: faiss (embedded default)."),
+    engine: str = typer.Option("faiss", help="Index engine: faiss (embedded default) or late-interaction (multi-vector, PLAID-style)."),
     kind: str = typer.Option("flat", help="FAISS index kind: flat (exact), hnsw or ivfpq."),
+    nbits: int = typer.Option(2, help="late-interaction: residual bits per dimension (1, 2, 4, 8; 0 = uncompressed)."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -31,7 +32,9 @@ def index(
         if not (out / COLLECTION_FILE).exists():
             raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
         model = json.loads((out / COLLECTION_FILE).read_text()).get("model")
-    options = {"kind": kind} if engine == "faiss" else {}
+    options: dict = {"kind": kind} if engine == "faiss" else {}
+    if engine == "late-interaction":
+        options = {"nbits": nbits or None}
     report = build_collection(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=not quiet, **options)
     typer.echo(report.summary())

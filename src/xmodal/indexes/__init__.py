@@ -13,6 +13,7 @@ from .manifest import Manifest, read_manifest
 # can open any saved index without the caller knowing its engine.
 ENGINES: dict[str, str] = {
     "faiss": "xmodal.indexes.faiss_index:FaissIndex",
+    "late-interaction": "xmodal.indexes.multivector:MultiVectorIndex",
 }
 
 

@@ -61,6 +61,8 @@ class Retriever:
             raise InvalidInputError("the text query is empty.")
         if text is None and image is None:
             raise InvalidInputError("give a text query, an image query, or both.")
+        if hasattr(self.encoder, "encode_query"):  # late interaction: question tokens + image patches
+            return self.encoder.encode_query(text=text, image=None if image is None else open_image(image))
         vecs = []
         if text is not None:
             vecs.append(self.encoder.encode_text([text], show_progress=False)[0])
@@ -83,7 +85,7 @@ class Retriever:
             raise InvalidInputError("reranking was asked for but this retriever has no reranker.")
         depth = max(k, depth or self.depth) if use_rerank else k
         t0 = time.perf_counter()
-        scores, ids = self.index.search(q[None, :], depth, filter=filter)
+        scores, ids = self.index.search([q] if q.ndim == 2 else q[None, :], depth, filter=filter)
         timings["retrieve"] = time.perf_counter() - t0
         hits = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i is not None]
         stage = "retrieve"
