@@ -1,0 +1,138 @@
+"""Late-interaction index: recall@10 vs exact MaxSim, latency, bytes/token, build time — xmodal vs fast-plaid.
+
+Data: random-but-clustered token vectors ("topics": each topic has a few token clusters; a document
+draws most of its tokens from its topic, a query asks about one topic), so each query's exact top-10
+is well defined. Ground truth: exact MaxSim over all documents (torch, chunked).
+The peer, fast-plaid (PyPI), pins its own torch, so it runs in its own venv
+(benchmarks/.venvs/fastplaid, created on first use) in a subprocess, on the same vectors.
+
+    python benchmarks/late_interaction.py                        # 50k docs x 32 tokens x 128 dims
+    python benchmarks/late_interaction.py --docs 20000 --no-peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xmodal.indexes.multivector import MultiVectorIndex, exact_maxsim_topk
+
+PEER_VENV = Path(__file__).parent / ".venvs" / "fastplaid"
+PEER_SCRIPT = r"""
+import json, sys, time, os, numpy as np, torch
+from fast_plaid import search
+work, nbits, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(os.cpu_count())
+docs = torch.from_numpy(np.load(f"{work}/docs.npy"))
+queries = torch.from_numpy(np.load(f"{work}/queries.npy"))
+index_dir = f"{work}/fastplaid-{nbits}"
+t0 = time.perf_counter()
+fp = search.FastPlaid(index=index_dir, device="cpu")
+fp.create(documents_embeddings=[d for d in docs], nbits=nbits)
+build = time.perf_counter() - t0
+fp.search(queries_embeddings=queries[:2], top_k=k, show_progress=False)  # warm-up
+t0 = time.perf_counter()
+res = fp.search(queries_embeddings=queries, top_k=k, show_progress=False)
+lat = (time.perf_counter() - t0) / len(queries)
+size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(index_dir) for f in fs)
+print(json.dumps({"build": build, "latency": lat, "bytes": size, "ids": [[int(i) for i, _ in r] for r in res]}))
+"""
+
+
+def make_data(n_docs: int, tokens: int, dim: int, n_queries: int, q_tokens: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    per_topic = 10
+    topics = rng.standard_normal((-(-n_docs // per_topic), 8, dim)).astype(np.float32)
+    docs = np.empty((n_docs, tokens, dim), dtype=np.float32)
+    for s in range(0, n_docs, 5000):
+        idx = np.arange(s, min(s + 5000, n_docs))
+        on = topics[(idx // per_topic)[:, None], rng.integers(0, 8, (len(idx), tokens))]
+        off = rng.standard_normal((len(idx), tokens, dim)).astype(np.float32)
+        mix = np.where(rng.random((len(idx), tokens, 1)) < 0.8, on, off) + 0.35 * rng.standard_normal((len(idx), tokens, dim))
+        docs[idx] = mix / np.linalg.norm(mix, axis=-1, keepdims=True)
+    qt = rng.choice(len(topics), n_queries)
+    q = topics[qt[:, None], rng.integers(0, 8, (n_queries, q_tokens))] + 0.35 * rng.standard_normal((n_queries, q_tokens, dim))
+    q = (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float32)
+    return docs, q
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
+
+
+def ensure_peer() -> Path | None:
+    py = PEER_VENV / "bin" / "python"
+    if py.exists():
+        return py
+    print("creating the fast-plaid venv (its own torch; ~1-2 min)...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "fast-plaid"], check=True)
+        return py
+    except subprocess.CalledProcessError as e:
+        print(f"fast-plaid could not be installed ({e}); peer columns left out.")
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=50_000)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--query-tokens", type=int, default=16)
+    ap.add_argument("--nbits", default="1,2,4,8")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args()
+
+    docs, queries = make_data(args.docs, args.tokens, args.dim, args.queries, args.query_tokens)
+    t0 = time.perf_counter()
+    truth = exact_maxsim_topk(list(queries), list(docs), args.k)
+    print(f"{args.docs:,} docs x {args.tokens} tokens x {args.dim} dims, {args.queries} queries x {args.query_tokens} tokens; "
+          f"exact MaxSim ground truth in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPU cores", flush=True)
+    rows = []
+    peer = None if args.no_peer else ensure_peer()
+    with tempfile.TemporaryDirectory() as work:
+        np.save(f"{work}/docs.npy", docs)
+        np.save(f"{work}/queries.npy", queries)
+        for nbits in [int(b) for b in args.nbits.split(",")]:
+            index = MultiVectorIndex(args.dim, nbits=nbits)
+            t0 = time.perf_counter()
+            index.add([str(i) for i in range(len(docs))], docs)
+            build = time.perf_counter() - t0
+            index.search(queries[:2], args.k)  # warm-up (inverted lists are built lazily)
+            t0 = time.perf_counter()
+            _, ids = index.search(queries, args.k)
+            lat = (time.perf_counter() - t0) / len(queries)
+            saved = index.save(Path(work) / f"xmodal-{nbits}")
+            disk = sum(f.stat().st_size for f in saved.iterdir())
+            found = [[int(x) for x in row if x is not None] for row in ids]
+            rows.append(("xmodal", nbits, recall(found, truth), 1000 * lat, index.bytes_per_token(),
+                         disk / index.num_tokens, build))
+            print(f"  xmodal nbits={nbits} done", flush=True)
+            if peer is not None:
+                r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    print(f"  fast-plaid nbits={nbits} failed: {r.stderr[-500:]}")
+                    continue
+                out = json.loads(r.stdout.strip().splitlines()[-1])
+                rows.append(("fast-plaid", nbits, recall(out["ids"], truth), 1000 * out["latency"], float("nan"),
+                             out["bytes"] / docs.shape[0] / docs.shape[1], out["build"]))
+                print(f"  fast-plaid nbits={nbits} done", flush=True)
+    print(f"\n{'engine':<11}{'nbits':>6}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}{'B/token (disk)':>16}{'build s':>9}")
+    for eng, nb, rec, ms, bpt, disk, build in rows:
+        print(f"{eng:<11}{nb:>6}{rec:>11.3f}{ms:>10.1f}{bpt:>17.1f}{disk:>16.1f}{build:>9.1f}")
+    print("\nrecall@10 against exact MaxSim top-10; B/token (disk) = whole index folder / tokens (centroids, lists included)")
+
+
+if __name__ == "__main__":
+    main()
