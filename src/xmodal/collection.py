@@ -47,7 +47,19 @@ def _late_factory(dim: int, model_id: str, folder: Path, nbits: int | None = 2, 
     return MultiVectorIndex(dim, nbits=nbits, model_id=model_id, **options)
 
 
+def _milvus_factory(dim: int, model_id: str, folder: Path, uri: str | None = None, collection: str = "xmodal",
+                    **options: Any) -> Any:
+    from .indexes.milvus import LITE_FILE, MilvusIndex
+
+    # Default: Milvus Lite in a file inside the index folder; pass uri="http://host:19530" for a cluster.
+    if uri is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        uri = str((folder / LITE_FILE).resolve())
+    return MilvusIndex(dim, uri=uri, collection=collection, model_id=model_id, **options)
+
+
 ENGINE_FACTORIES["faiss"] = _faiss_factory
+ENGINE_FACTORIES["milvus"] = _milvus_factory
 ENGINE_FACTORIES["late-interaction"] = _late_factory
 
 

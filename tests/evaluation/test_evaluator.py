@@ -123,3 +123,21 @@ def test_rerank_depth_5_equals_retrieval_recall_at_5(image_dataset):
 def test_empty_dataset_rejected():
     with pytest.raises(InvalidInputError):
         RetrievalEvaluator(ImageTextDataset({}, []))
+
+
+def test_rerank_keeps_small_score_differences(image_dataset):
+    """Reranker scores 0.01 apart must not collapse into ties (float32 near the rerank offset would)."""
+    ds, model = image_dataset
+    truth = {(c.text, c.image_id) for c in ds.captions}
+
+    class CloseScores:
+        def score(self, queries, candidates, batch_size=32):
+            out = []
+            for q, c in zip(queries, candidates):
+                text, img = (q, c) if isinstance(q, str) else (c, q)
+                out.append(0.51 if (text, img.info["id"]) in truth else 0.50)
+            return np.array(out, dtype=np.float32)
+
+    ev = RetrievalEvaluator(ds)
+    n_images = len(ds.images)
+    assert ev(model, reranker=CloseScores(), depth=n_images)["t2i_R@1"] == ev(None, reranker=CloseScores())["t2i_R@1"] == 100

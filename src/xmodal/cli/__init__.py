@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo_cmds",  # demo
     "train_cmds",  # train, synth
     "serve_cmds",  # serve
+    "scale_cmds",  # encode, index-embeddings
 )
 
 for _name in COMMAND_MODULES:

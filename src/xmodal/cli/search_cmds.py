@@ -18,7 +18,8 @@ def index(
         None, "--model", "-m",
         help="Hub id (openai/clip-vit-base-patch32), open_clip:ARCH/TAG or a local folder. "
              "Defaults to the model recorded in an existing index."),
-    engine: str = typer.Option("faiss", help="Index engine: faiss (embedded default) or late-interaction (multi-vector, PLAID-style)."),
+    engine: str = typer.Option("faiss", help="Index engine: faiss (embedded default), late-interaction (multi-vector, PLAID-style) or milvus."),
+    milvus_uri: Optional[str] = typer.Option(None, help="milvus: cluster URI (default: Milvus Lite file inside --out)."),
     kind: str = typer.Option("flat", help="FAISS index kind: flat (exact), hnsw or ivfpq."),
     nbits: int = typer.Option(2, help="late-interaction: residual bits per dimension (1, 2, 4, 8; 0 = uncompressed)."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
@@ -35,6 +36,8 @@ def index(
     options: dict = {"kind": kind} if engine == "faiss" else {}
     if engine == "late-interaction":
         options = {"nbits": nbits or None}
+    if engine == "milvus" and milvus_uri:
+        options = {"uri": milvus_uri}
     report = build_collection(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=not quiet, **options)
     typer.echo(report.summary())

@@ -113,7 +113,8 @@ class RetrievalEvaluator:
         def reranked_rows(a: int, b: int) -> np.ndarray:
             if (a, b) in cache:
                 return cache[(a, b)]
-            s = rows(a, b).copy()
+            # float64: near the 1e6 offset float32 steps are 0.0625 and would turn close reranker scores into ties
+            s = rows(a, b).astype(np.float64)
             d = min(depth, s.shape[1])
             top = np.argsort(-s, axis=1, kind="stable")[:, :d]
             q_idx = np.arange(a, b)
@@ -121,7 +122,7 @@ class RetrievalEvaluator:
                 r = self._pair_scores(reranker, q_idx, top)
             else:  # image queries: score (caption, image) pairs, same orientation as training
                 r = self._pair_scores_i2t(reranker, q_idx, top)
-            np.put_along_axis(s, top, _RERANK_OFFSET + r, axis=1)
+            np.put_along_axis(s, top, _RERANK_OFFSET + r.astype(np.float64), axis=1)
             cache[(a, b)] = s
             return s
 

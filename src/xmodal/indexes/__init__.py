@@ -14,6 +14,7 @@ from .manifest import Manifest, read_manifest
 ENGINES: dict[str, str] = {
     "faiss": "xmodal.indexes.faiss_index:FaissIndex",
     "late-interaction": "xmodal.indexes.multivector:MultiVectorIndex",
+    "milvus": "xmodal.indexes.milvus:MilvusIndex",
 }
 
 

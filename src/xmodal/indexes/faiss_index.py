@@ -141,6 +141,13 @@ class FaissIndex:
             return faiss.downcast_index(inner.base_index)
         return inner
 
+    def train(self, vectors: Any) -> None:
+        """Train IVF-PQ on a sample before streaming ``add`` calls (other kinds need no training)."""
+        vecs = as_float32_matrix(vectors, self.dim)
+        if self._index is not None:
+            raise InvalidInputError("the index is already trained/populated.")
+        self._index = self._new_faiss_index(vecs)
+
     def add(
         self,
         ids: Sequence[str],

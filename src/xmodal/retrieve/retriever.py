@@ -51,9 +51,10 @@ class Retriever:
         if "text" in meta:
             return meta["text"]
         if "path" in meta:
-            import os
+            from pathlib import Path
 
-            return os.path.join(self.root, meta["path"]) if self.root else meta["path"]
+            # a Path, not a str: rerankers read plain strings as texts
+            return Path(self.root, meta["path"]) if self.root else Path(meta["path"])
         raise InvalidInputError(f"cannot rerank: no content known for item '{item_id}' (no 'path'/'text' metadata).")
 
     def _embed_query(self, text: str | None, image: Any) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""Milvus backend: the ``Index`` protocol on a Milvus collection (pymilvus ``MilvusClient``).
+
+The same code talks to Milvus Lite (an embedded server in a local ``.db`` file, used by the tests)
+and to a Milvus cluster: only the URI changes (``"./index/milvus.db"`` vs ``"http://milvus:19530"``,
+plus ``token`` for authentication). The index folder keeps a manifest that points at the URI and
+collection, so ``xmodal.load_index(folder)`` reconnects.
+
+Late interaction: Milvus 2.6 can store arrays of vectors per entity and score them with MAX_SIM, but
+xmodal's late-interaction engine does not use Milvus for that (not available in the Milvus Lite build
+used here, so it could not be tested); multi-vector collections use ``MultiVectorIndex``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import IndexMismatchError, InvalidInputError
+from .base import as_float32_matrix, check_k, check_new_ids
+from .manifest import MANIFEST_NAME, Manifest, check_compatible, read_manifest, write_manifest
+
+ENGINE = "milvus"
+LITE_FILE = "milvus.db"
+
+
+def _client(uri: str, token: str | None = None) -> Any:
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as e:  # pragma: no cover
+        raise InvalidInputError("the Milvus backend needs `pip install pymilvus milvus-lite` (xmodal[scale]).") from e
+    return MilvusClient(uri, token=token or "")
+
+
+def _quote(ids: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(str(i)) for i in ids) + "]"
+
+
+class MilvusIndex:
+    """String ids, float vectors, JSON metadata in one Milvus collection; inner-product (cosine on unit vectors)."""
+
+    engine = ENGINE
+
+    def __init__(self, dim: int, uri: str, collection: str = "xmodal", model_id: str | None = None,
+                 token: str | None = None, index_type: str = "FLAT", metric: str = "ip", create: bool = True) -> None:
+        if metric not in ("ip", "l2"):
+            raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
+        self.dim, self.uri, self.collection, self.model_id = dim, uri, collection, model_id
+        self.token, self.index_type, self.metric = token, index_type, metric
+        self.client = _client(uri, token)
+        # Local mirror of ids and metadata: incremental indexing compares every item's file signature,
+        # and one round trip per item would be slow against a remote cluster.
+        self._meta: dict[str, dict[str, Any]] = {}
+        if self.client.has_collection(collection):
+            self._load_mirror()
+        elif create:
+            self._create()
+        else:
+            raise IndexMismatchError(f"Milvus at '{uri}' has no collection '{collection}'.")
+
+    def _create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=2048)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("meta", DataType.JSON)
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric.upper())
+        self.client.create_collection(self.collection, schema=schema, index_params=params)
+
+    def _load_mirror(self) -> None:
+        it = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["id", "meta"])
+        while True:
+            rows = it.next()
+            if not rows:
+                it.close()
+                break
+            for r in rows:
+                self._meta[r["id"]] = r.get("meta") or {}
+
+    # ------------------------------------------------------------------ protocol
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._meta
+
+    def ids(self) -> list[str]:
+        return list(self._meta)
+
+    def metadata(self, item_id: str) -> dict[str, Any]:
+        if item_id not in self._meta:
+            raise KeyError(item_id)
+        return self._meta[item_id]
+
+    def add(self, ids: Sequence[str], vectors: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
+        vecs = as_float32_matrix(vectors, self.dim)
+        ids = check_new_ids(ids, self._meta, len(vecs))
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidInputError(f"got {len(metadata)} metadata records for {len(ids)} ids.")
+        metas = [dict(m) for m in metadata] if metadata is not None else [{} for _ in ids]
+        for s in range(0, len(ids), 1000):
+            rows = [{"id": i, "vector": v.tolist(), "meta": m} for i, v, m in
+                    zip(ids[s:s + 1000], vecs[s:s + 1000], metas[s:s + 1000])]
+            self.client.insert(self.collection, rows)
+        self._meta.update(zip(ids, metas))
+
+    def remove(self, ids: Iterable[str]) -> int:
+        present = [str(i) for i in ids if str(i) in self._meta]
+        if not present:
+            return 0
+        for s in range(0, len(present), 1000):
+            self.client.delete(self.collection, ids=present[s:s + 1000])
+        for i in present:
+            del self._meta[i]
+        return len(present)
+
+    def search(self, queries: Any, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = check_k(k)
+        q = as_float32_matrix(queries, self.dim, what="queries")
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out = np.full((len(q), k), None, dtype=object)
+        if not self._meta:
+            return scores, out
+        expr = ""
+        if filter is not None:
+            allowed = [i for i in filter if i in self._meta]
+            if not allowed:
+                return scores, out
+            expr = f"id in {_quote(allowed)}"
+        res = self.client.search(self.collection, data=q.tolist(), limit=min(k, 16384), filter=expr,
+                                 output_fields=["id"], search_params={"metric_type": self.metric.upper()})
+        for n, hits in enumerate(res):
+            for j, h in enumerate(hits[:k]):
+                scores[n, j] = h["distance"] if self.metric == "ip" else -h["distance"]
+                out[n, j] = h["id"]
+        return scores, out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Flush and write the manifest (the data itself lives in Milvus)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.client.flush(self.collection)
+        (path / "milvus.json").write_text(json.dumps({"uri": self.uri, "collection": self.collection,
+                                                       "index_type": self.index_type}))
+        tmp = path / f".manifest.{os.getpid()}.tmp"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "milvus.json").write_text((path / "milvus.json").read_text())
+        write_manifest(tmp, Manifest(engine=ENGINE, dimension=self.dim, count=len(self), metric=self.metric,
+                                     model_id=self.model_id, params={"uri": self.uri, "collection": self.collection,
+                                                                     "index_type": self.index_type}), ["milvus.json"])
+        os.replace(tmp / MANIFEST_NAME, path / MANIFEST_NAME)
+        tmp.joinpath("milvus.json").unlink()
+        tmp.rmdir()
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, model_id: str | None = None, dimension: int | None = None,
+             verify: bool = True, token: str | None = None) -> "MilvusIndex":
+        path = Path(path)
+        m = read_manifest(path, verify=verify)
+        if m.engine != ENGINE:
+            raise IndexMismatchError(f"'{path}' is a '{m.engine}' index, not a Milvus index.")
+        check_compatible(m, path, model_id=model_id, dimension=dimension)
+        return cls(m.dimension, uri=m.params["uri"], collection=m.params["collection"], model_id=m.model_id,
+                   token=token or os.environ.get("MILVUS_TOKEN"), index_type=m.params.get("index_type", "FLAT"),
+                   metric=m.metric, create=False)
+
+    def close(self) -> None:
+        self.client.close()
