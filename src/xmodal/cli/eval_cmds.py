@@ -22,6 +22,7 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write metrics JSON here."),
     muge_out: Optional[Path] = typer.Option(None, "--muge-predictions", help="Write MUGE top-10 predictions jsonl (text->image)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Region-feature store (npz folder, TSV, HDF5, LMDB) for region-feature models."),
 ) -> None:
     """Evaluate retrieval (optionally with reranking) and print a table of recalls."""
     from ..data.datasets import load_dataset
@@ -33,13 +34,15 @@ def evaluate(
     ev = RetrievalEvaluator(ds, batch_size=batch_size, show_progress=True)
     encoder = reranker = None
     if model:
-        from ..models.dual import DualEncoder
+        from ..models import load_model
 
-        encoder = DualEncoder.from_pretrained(model)
+        encoder = load_model(model)
     if rerank:
         from ..models.cross import load_reranker
 
         reranker = load_reranker(rerank)
+    if features is not None:
+        attach_feature_store(features, encoder, reranker)
     results: dict[str, dict[str, float]] = {}
     if encoder is not None and (reranker is None or compare):
         results["retrieve"] = ev(encoder)
@@ -62,6 +65,18 @@ def evaluate(
         top = (-(txt @ img.T)).argsort(axis=1)[:, :10]
         write_muge_predictions(muge_out, list(queries), [[ds.image_ids[j] for j in row] for row in top])
         typer.echo(f"MUGE predictions written to {muge_out}")
+
+
+def attach_feature_store(path: Path, *models: object) -> None:
+    """Open a region-feature store and give it to every region-feature model among ``models``."""
+    from ..data.features import FeatureStore
+
+    takers = [m for m in models if m is not None and hasattr(getattr(m, "backbone", None), "features")]
+    if not takers:
+        raise InvalidInputError("--features is for region-feature models; the given model(s) read pixels.")
+    store = FeatureStore.open(path)
+    for m in takers:
+        m.attach_features(store)
 
 
 def register(app: typer.Typer) -> None:

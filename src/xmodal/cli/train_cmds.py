@@ -19,19 +19,21 @@ def synth(
     max_objects: int = typer.Option(2, min=1, max=4),
     hard_negatives: int = typer.Option(0, help="Hard-negative captions per caption."),
     seed: int = typer.Option(0),
+    region_features: int = typer.Option(0, help="Also write detector-style region features of this size to OUT/features/."),
 ) -> None:
     """Generate the synthetic compositional benchmark."""
     from ..data.synthetic import write_synthetic
 
     path = write_synthetic(out, n_train=n_train, n_val=n_val, n_test=n_test, n_unseen=n_unseen, seed=seed,
                            langs=tuple(langs.split(",")), max_objects=max_objects,
-                           hard_negatives_per_caption=hard_negatives)
+                           hard_negatives_per_caption=hard_negatives, region_feature_dim=region_features)
     typer.echo(f"wrote {path}")
 
 
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH of the training data (see `xmodal evaluate`)."),
-    model: str = typer.Option(..., "--model", "-m", help="Model to fine-tune (hub id, folder) or tiny:clip|siglip|chinese_clip to start from scratch."),
+    model: str = typer.Option(..., "--model", "-m", help="Model to fine-tune (hub id, folder) or tiny:clip|siglip|chinese_clip|"
+                              "regions|regions-single-stream to start from scratch (region models need --features)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, best/, history.json, training_curve.png."),
     images: Optional[Path] = typer.Option(None, "--images"),
     split: str = typer.Option("train", "--split"),
@@ -43,6 +45,7 @@ def train(
     freeze: Optional[str] = typer.Option(None, help="Lock a tower: text | image (LiT locks image)."),
     amp: str = typer.Option("auto", help="auto | bf16 | fp16 | none"),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint-last if present."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Region-feature store for region-feature models."),
 ) -> None:
     """Fine-tune a model; evaluates on --eval-split and keeps the best model in OUT/best."""
     from ..data.datasets import load_dataset
@@ -52,7 +55,20 @@ def train(
 
     init_distributed_from_env()
     train_ds = load_dataset(dataset, images=images, split=split)
-    if model.startswith("tiny:"):
+    store = None
+    if features is not None:
+        from ..data.features import FeatureStore
+
+        store = FeatureStore.open(features)
+    if model.startswith("tiny:regions"):
+        from ..models.regions import build_tiny_region_model
+
+        if store is None:
+            raise InvalidInputError(f"{model} reads region features: give --features PATH.")
+        arch = "single-stream" if model.endswith("single-stream") else "two-stream"
+        net = build_tiny_region_model(arch, out / "init", region_dim=store.feature_dim,
+                                      extra_texts=[c.text for c in train_ds.captions])
+    elif model.startswith("tiny:"):
         from ..models.tiny import build_tiny_model
 
         texts = [c.text for c in train_ds.captions]
@@ -61,6 +77,10 @@ def train(
         from ..models import load_model
 
         net = load_model(model)
+    if store is not None:
+        if not hasattr(net.backbone, "features"):
+            raise InvalidInputError("--features is for region-feature models; this model reads pixels.")
+        net.attach_features(store)
     if loss not in LOSSES:
         raise InvalidInputError(f"unknown loss '{loss}'; choose from {sorted(LOSSES)}.")
     evaluator = RetrievalEvaluator(load_dataset(dataset, images=images, split=eval_split)) if eval_split else None

@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from PIL import Image, ImageDraw
 
@@ -212,15 +212,22 @@ def generate(n_train: int = 2000, n_val: int = 200, n_test: int = 200, n_unseen:
     return out
 
 
-def write_synthetic(out_dir: str | Path, **kwargs) -> Path:
+def write_synthetic(out_dir: str | Path, region_feature_dim: int = 0, **kwargs) -> Path:
     """Render the benchmark to ``out_dir/images/*.png`` and ``out_dir/dataset.json`` (Karpathy format).
 
     Each sentence has ``raw``, ``lang``, ``sentid`` and, with ``hard_negatives_per_caption``, ``hard_negatives``;
-    each image has its ``scene`` (objects with shape/colour/size/cell). Returns the JSON path.
+    each image has its ``scene`` (objects with shape/colour/size/cell). With ``region_feature_dim`` > 0, also
+    ``out_dir/features/<image>.npz`` region features (see ``region_features``). Returns the JSON path.
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     splits = generate(**kwargs)
+    if region_feature_dim:
+        from .features import write_features
+
+        features, _ = region_features(splits, dim=region_feature_dim, seed=kwargs.get("seed", 0),
+                                      image_size=kwargs.get("image_size", 64))
+        write_features(features, out / "features", format="npz")
     records = []
     sentid = 0
     for split, ds in splits.items():
@@ -250,3 +257,53 @@ def all_caption_texts(splits: dict[str, ImageTextDataset]) -> list[str]:
     texts = [c.text for ds in splits.values() for c in ds.captions]
     texts += [t for ds in splits.values() for negs in ds.extra.get("hard_negatives", {}).values() for t in negs]
     return texts
+
+
+def region_features(splits: dict[str, ImageTextDataset], dim: int = 64, *, clutter: int = 2, noise: float = 0.3,
+                    image_size: int = 64, seed: int = 0) -> tuple[dict[str, Any], dict[str, ImageTextDataset]]:
+    """Detector-style region features for the synthetic scenes (for OSCAR/UNITER/TERN-style models).
+
+    Each object becomes one region: ``relu(attributes @ W + noise)``, where ``attributes`` one-hot
+    encodes colour, shape and size and ``W`` is a fixed random (seeded) ``(13, dim)`` matrix, with the
+    object's pixel box as the detector's box and its shape as the class label. ``clutter`` extra regions
+    per image carry no attributes (background detections). Region order is shuffled, so only the boxes
+    tell where an object is ("left of", "above"). This stands in for bottom-up-attention features, which
+    cannot be downloaded here; it is not a detector.
+
+    Returns ``(features, region_splits)``: image id -> ``RegionFeatures``, and the same splits with each
+    image source replaced by its id (resolve them with ``FeatureStore.from_dict(features)``).
+    """
+    import numpy as np
+
+    from .features import RegionFeatures
+
+    rng = np.random.default_rng(seed + 4242)
+    attrs = [*COLOURS, *SHAPES, *SIZES]
+    weights = rng.standard_normal((len(attrs), dim)).astype(np.float32)
+    features: dict[str, Any] = {}
+    out: dict[str, ImageTextDataset] = {}
+    half = image_size / 2
+    for split, ds in splits.items():
+        for iid in ds.images:
+            regions, boxes, labels = [], [], []
+            for o in ds.extra["scenes"][iid]:
+                onehot = np.zeros(len(attrs), np.float32)
+                onehot[[attrs.index(o["colour"]), attrs.index(o["shape"]), attrs.index(o["size"])]] = 1.0
+                regions.append(np.maximum(onehot @ weights + noise * rng.standard_normal(dim), 0.0))
+                r = (0.42 if o["size"] == "big" else 0.22) * half
+                cx = (o["cell"] % 2) * half + half / 2 + rng.uniform(-0.08, 0.08) * half
+                cy = (o["cell"] // 2) * half + half / 2 + rng.uniform(-0.08, 0.08) * half
+                boxes.append([cx - r, cy - r, cx + r, cy + r])
+                labels.append(SHAPES.index(o["shape"]))
+            for _ in range(clutter):
+                regions.append(np.maximum(noise * rng.standard_normal(dim), 0.0))
+                x, y = rng.uniform(0, image_size - 4, 2)
+                boxes.append([x, y, min(image_size, x + rng.uniform(2, 12)), min(image_size, y + rng.uniform(2, 12))])
+                labels.append(len(SHAPES))
+            order = rng.permutation(len(regions))
+            features[iid] = RegionFeatures(regions=np.asarray(regions, np.float32)[order],
+                                           boxes=np.asarray(boxes, np.float32)[order], image_w=image_size,
+                                           image_h=image_size, labels=np.asarray(labels, np.int64)[order])
+        out[split] = ImageTextDataset({iid: iid for iid in ds.images}, list(ds.captions), name=f"{ds.name}-regions",
+                                      split=split, extra=ds.extra)
+    return features, out

@@ -100,7 +100,8 @@ class RetrievalEvaluator:
     def _pair_scores(self, reranker: Any, text_idx: np.ndarray, image_idx: np.ndarray) -> np.ndarray:
         """Cross-encoder scores for text i against images image_idx[i, :] -> (len(text_idx), m)."""
         m = image_idx.shape[1]
-        images = {j: open_image(self.dataset.images[self.image_ids[j]]) for j in np.unique(image_idx)}
+        load = getattr(reranker, "load_image", open_image)  # region models read features, not pixels
+        images = {j: load(self.dataset.images[self.image_ids[j]]) for j in np.unique(image_idx)}
         queries = [self.texts[i] for i in text_idx for _ in range(m)]
         cands = [images[j] for j in image_idx.ravel()]
         scores = np.asarray(reranker.score(queries, cands), dtype=np.float32)
@@ -130,7 +131,8 @@ class RetrievalEvaluator:
 
     def _pair_scores_i2t(self, reranker: Any, image_idx: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         m = text_idx.shape[1]
-        images = {j: open_image(self.dataset.images[self.image_ids[j]]) for j in image_idx}
+        load = getattr(reranker, "load_image", open_image)
+        images = {j: load(self.dataset.images[self.image_ids[j]]) for j in image_idx}
         queries = [images[j] for j in image_idx for _ in range(m)]
         cands = [self.texts[t] for t in text_idx.ravel()]
         return np.asarray(reranker.score(queries, cands), dtype=np.float32).reshape(len(image_idx), m)

@@ -17,6 +17,10 @@ def load_model(name_or_path: str, **kwargs):
         from .joint import JointModel
 
         return JointModel.from_pretrained(name_or_path, **kwargs)
+    if kind == "region-cross":
+        from .regions import RegionCrossEncoder
+
+        return RegionCrossEncoder.from_pretrained(name_or_path, **kwargs)
     return DualEncoder.from_pretrained(name_or_path, **kwargs)
 
 __all__ = ["Backbone", "HFBackbone", "OpenClipBackbone", "DualEncoder", "load_backbone", "build_tiny_model", "load_model"]

@@ -30,6 +30,12 @@ class Backbone(nn.Module):
     backend: str = "?"
     name: str = "?"
 
+    def load_image(self, source: Any) -> Any:
+        """One image input as ``preprocess`` takes it: a decoded RGB image (region models: features)."""
+        from ..data.images import open_image
+
+        return open_image(source)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -40,6 +40,10 @@ def split_pairs(queries: Sequence[Any], candidates: Sequence[Any]) -> tuple[list
 class PairScorer(nn.Module):
     """Shared batching for cross-encoders: subclasses implement ``_score_batch(texts, images) -> Tensor``."""
 
+    def load_image(self, source: Any) -> Any:
+        """One image as ``_score_batch`` takes it (decoded pixels; region models override this)."""
+        return open_image(source)
+
     def _score_batch(self, texts: list[str], images: list[Any]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -54,7 +58,7 @@ class PairScorer(nn.Module):
         self.eval()
         with torch.inference_mode():
             for s in tqdm(range(0, n, batch_size), desc="scoring pairs", unit="batch", disable=not show):
-                imgs = [open_image(x) for x in images[s:s + batch_size]]
+                imgs = [self.load_image(x) for x in images[s:s + batch_size]]
                 out.append(self._score_batch(texts[s:s + batch_size], imgs).float().cpu())
         self.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -120,6 +124,10 @@ def load_reranker(name_or_path: str | os.PathLike, device: str | None = None) ->
             from .joint import JointModel
 
             return JointModel.from_pretrained(path, device=device)
+        if kind == "region-cross":
+            from .regions import RegionCrossEncoder
+
+            return RegionCrossEncoder.from_pretrained(path, device=device)
         if kind not in ("cross", None):
             raise ModelNotFoundError(f"'{path}' holds a '{kind}' model, not a reranker (cross-encoder or joint model).")
     if path.is_dir() and (path / "config.json").exists():

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.images import open_image
 from ..errors import InvalidInputError
 from .backbones import XMODAL_CONFIG, Backbone
 from .loading import load_backbone
@@ -84,6 +83,18 @@ class DualEncoder(nn.Module):
     def embedding_dim(self) -> int:
         return self.backbone.embedding_dim
 
+    # ------------------------------------------------------------------ inputs
+    def load_image(self, source: Any) -> Any:
+        """Read one image input (path, bytes, PIL; for region-feature models an id or ``RegionFeatures``)."""
+        return self.backbone.load_image(source)
+
+    def attach_features(self, store: Any) -> "DualEncoder":
+        """Resolve image ids through ``store`` (a ``FeatureStore``): only for region-feature models."""
+        if not hasattr(self.backbone, "features"):
+            raise InvalidInputError(f"{self.model_id} reads pixels; a feature store is for region-feature models.")
+        self.backbone.features = store
+        return self
+
     # ------------------------------------------------------------------ encoding
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -150,7 +161,7 @@ class DualEncoder(nn.Module):
             images = [images]
 
         def prepare(chunk: Sequence[Any]) -> dict[str, torch.Tensor]:
-            return self.backbone.preprocess([open_image(x) for x in chunk])
+            return self.backbone.preprocess([self.load_image(x) for x in chunk])
 
         return self._encode(list(images), prepare, self.image_embeddings, batch_size, show_progress,
                             "encode images", convert_to)

@@ -49,6 +49,10 @@ def _load_local_folder(path: Path) -> Backbone:
         meta = json.loads((path / XMODAL_CONFIG).read_text())
         if meta.get("backend") == "open_clip":
             return _load_open_clip_folder(path)
+        if meta.get("backend") in ("regions", "single-stream"):
+            from .regions import load_region_backbone
+
+            return load_region_backbone(path, meta["backend"], name=meta.get("model_id"))
         return _load_hf(str(path), display=meta.get("model_id") or str(path))
     if (path / "open_clip_config.json").exists():
         return _load_open_clip_folder(path)

@@ -62,13 +62,14 @@ class Retriever:
             raise InvalidInputError("the text query is empty.")
         if text is None and image is None:
             raise InvalidInputError("give a text query, an image query, or both.")
+        load = getattr(self.encoder, "load_image", open_image)  # pixels, or region features for region models
         if hasattr(self.encoder, "encode_query"):  # late interaction: question tokens + image patches
-            return self.encoder.encode_query(text=text, image=None if image is None else open_image(image))
+            return self.encoder.encode_query(text=text, image=None if image is None else load(image))
         vecs = []
         if text is not None:
             vecs.append(self.encoder.encode_text([text], show_progress=False)[0])
         if image is not None:
-            vecs.append(self.encoder.encode_image([open_image(image)], show_progress=False)[0])
+            vecs.append(self.encoder.encode_image([load(image)], show_progress=False)[0])
         q = np.mean(vecs, axis=0)  # text+image query: mean of the two unit vectors, renormalised
         return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
 
@@ -94,7 +95,7 @@ class Retriever:
             if text is not None and image is not None:
                 raise InvalidInputError("reranking supports a text or an image query, not both at once.")
             t0 = time.perf_counter()
-            query = text if text is not None else open_image(image)
+            query = text if text is not None else getattr(self.reranker, "load_image", open_image)(image)
             cands = [self.resolve(i) for i, _ in hits]
             rs = np.asarray(self.reranker.score([query] * len(cands), cands), dtype=np.float32)
             order = np.argsort(-rs, kind="stable")

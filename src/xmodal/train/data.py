@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.images import open_image
 from ..data.types import ImageTextDataset
 
 
@@ -33,7 +32,7 @@ class PairCollator:
         self.backbone = backbone
 
     def __call__(self, items: list[tuple[Any, str, int]]) -> dict[str, Any]:
-        images = [open_image(src) for src, _, _ in items]
+        images = [self.backbone.load_image(src) for src, _, _ in items]
         return {
             "text": self.backbone.tokenize([t for _, t, _ in items]),
             "image": self.backbone.preprocess(images),

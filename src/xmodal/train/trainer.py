@@ -137,7 +137,8 @@ class Trainer:
         if self.config.freeze is None:
             return
         tower = {"text": ("text_model", "text_projection", "transformer", "token_embedding"),
-                 "image": ("vision_model", "visual_projection", "visual")}.get(self.config.freeze)
+                 "image": ("vision_model", "visual_projection", "visual",
+                           "region_model", "region_embed", "region_projection", "image_token")}.get(self.config.freeze)
         if tower is None:
             raise ValueError(f"freeze must be 'text' or 'image'; got {self.config.freeze!r}")
         frozen = 0
