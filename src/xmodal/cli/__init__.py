@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_cmds",  # train, synth
     "serve_cmds",  # serve
     "scale_cmds",  # encode, index-embeddings
+    "feature_cmds",  # features split/info
 )
 
 for _name in COMMAND_MODULES:
