@@ -60,15 +60,20 @@ class DualEncoder(nn.Module):
         model.eval()
         return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
 
+    kind = "dual"  # written to xmodal.json; ``xmodal.models.load_model`` picks the class by it
+
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (+ tokenizer/processor files) and ``xmodal.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save(folder)
-        (folder / XMODAL_CONFIG).write_text(
-            json.dumps({"kind": "dual", "backend": self.backbone.backend, "model_id": self.model_id}, indent=2)
-        )
+        meta = {"kind": self.kind, "backend": self.backbone.backend, "model_id": self.model_id}
+        (folder / XMODAL_CONFIG).write_text(json.dumps({**meta, **self._save_extra(folder)}, indent=2))
         return folder
+
+    def _save_extra(self, folder: Path) -> dict[str, Any]:
+        """Subclasses save their own weights here and return what ``xmodal.json`` must also record."""
+        return {}
 
     # ------------------------------------------------------------------ properties
     @property

@@ -85,16 +85,13 @@ class JointModel(DualEncoder, PairScorer):
         model.eval()
         return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
 
-    def save(self, folder: str | Path) -> Path:
+    kind = "joint"
+
+    def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_model
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
         save_model(self.head, str(folder / HEAD_WEIGHTS))
-        (folder / XMODAL_CONFIG).write_text(json.dumps(
-            {"kind": "joint", "backend": self.backbone.backend, "model_id": self.model_id, "head": self.head.config}, indent=2))
-        return folder
+        return {"head": self.head.config}
 
     def match_logits(self, text_batch: dict[str, torch.Tensor], image_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Match logits (n,) for aligned, tokenized/preprocessed pairs; differentiable through the towers."""

@@ -61,17 +61,14 @@ class LateInteractionEncoder(DualEncoder):
         model.eval()
         return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
 
-    def save(self, folder: str | Path) -> Path:
+    kind = "late"
+
+    def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
-        save_file({f"text_proj.weight": self.text_proj.weight.detach().contiguous(),
-                   f"image_proj.weight": self.image_proj.weight.detach().contiguous()}, str(folder / PROJECTION_WEIGHTS))
-        (folder / XMODAL_CONFIG).write_text(json.dumps({"kind": "late", "backend": self.backbone.backend,
-                                                        "model_id": self.model_id, "dim": self.dim}, indent=2))
-        return folder
+        save_file({"text_proj.weight": self.text_proj.weight.detach().contiguous(),
+                   "image_proj.weight": self.image_proj.weight.detach().contiguous()}, str(folder / PROJECTION_WEIGHTS))
+        return {"dim": self.dim}
 
     # ------------------------------------------------------------------ differentiable token vectors
     def text_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -368,13 +368,7 @@ class RegionCrossEncoder(DualEncoder, PairScorer):
         model.eval()
         return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
 
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
-        (folder / XMODAL_CONFIG).write_text(json.dumps(
-            {"kind": "region-cross", "backend": self.backbone.backend, "model_id": self.model_id}, indent=2))
-        return folder
+    kind = "region-cross"
 
     def match_logits(self, text_batch: dict[str, torch.Tensor], image_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Match logits (n,) of aligned pairs; differentiable (ITM training)."""
