@@ -140,6 +140,8 @@ def build_collection(
     if isinstance(model, (str, Path)):
         p = Path(model)
         model_name = str(p.resolve()) if p.is_dir() else str(model)
+        if (out / MANIFEST_NAME).exists() and (out / COLLECTION_FILE).exists():  # updating: the index's engine decides
+            engine = json.loads((out / COLLECTION_FILE).read_text()).get("engine", engine)
         model = load_encoder(model, engine)
     files = find_images(image_dir)
     report = BuildReport(total=len(files))

@@ -77,6 +77,23 @@ def test_ray_engine_matches_local(shards, tiny_model_dir, tiny_model, tmp_path, 
     check_outputs(out, tiny_model)
 
 
+def test_ray_engine_writes_multi_vector_shards(image_folder, tiny_model_dir, tmp_path, ray_session):
+    from xmodal.models.late import LateInteractionEncoder
+
+    out = tmp_path / "emb-late"
+    report = encode_collection(image_folder, str(tiny_model_dir), out, engine="ray", num_actors=2, images_per_shard=5,
+                               late_interaction=True, show_progress=False)
+    assert report.shards_done == 3 and report.images_encoded == 12 and [f["id"] for f in report.images_failed] == ["broken.jpg"]
+    late = LateInteractionEncoder.from_pretrained(tiny_model_dir)  # what each actor loaded
+    saved = json.loads((out / "_report.json").read_text())
+    assert saved["late_interaction"] is True and saved["model_id"] == late.model_id
+    ids, docs = zip(*read_embedding_shards(out))
+    ids, docs = [i for part in ids for i in part], [d for part in docs for d in part]
+    assert sorted(ids) == sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    np.testing.assert_allclose(docs[ids.index("sub/img_10_brown.png")],
+                               late.encode_image([image_folder / "sub/img_10_brown.png"])[0], atol=1e-5)
+
+
 def test_folder_source_and_index_from_embeddings(image_folder, tiny_model, tmp_path):
     out = tmp_path / "emb"
     report = encode_collection(image_folder, tiny_model, out, images_per_shard=5, show_progress=False)

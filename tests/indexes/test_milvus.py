@@ -60,3 +60,34 @@ def test_incremental_collection_on_milvus(tiny_model, image_folder, tmp_path):
     res = col.retriever(model=tiny_model).search(image=image_folder / "new.png", k=1)
     assert res.ids == ["new.png"]
     col.index.close()
+
+
+def test_milvus_lite_has_no_multi_vector_maxsim(tmp_path):
+    """Backs the statement in xmodal.indexes.milvus: Milvus Lite cannot store or MaxSim-search arrays of vectors.
+
+    If this fails, Milvus Lite has gained multi-vector support: revisit using it for late interaction.
+    """
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.client.embedding_list import EmbeddingList
+
+    client = MilvusClient(str(tmp_path / "mv.db"))
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
+    tokens = MilvusClient.create_struct_field_schema()
+    tokens.add_field("tok", DataType.FLOAT_VECTOR, dim=4)
+    schema.add_field("tokens", DataType.ARRAY, element_type=DataType.STRUCT, struct_schema=tokens, max_capacity=16)
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+    client.create_collection("mv", schema=schema, index_params=params)
+    fields = [f["name"] for f in client.describe_collection("mv")["fields"]]
+    assert "tokens" not in fields  # the array-of-struct field is dropped
+    with pytest.raises(Exception, match="unexpected field"):
+        client.insert("mv", [{"id": "a", "vector": [1, 0, 0, 0], "tokens": [{"tok": [1, 0, 0, 0]}, {"tok": [0, 1, 0, 0]}]}])
+    client.insert("mv", [{"id": "a", "vector": [1, 0, 0, 0]}])
+    query = EmbeddingList()
+    query.add(np.array([1, 0, 0, 0], np.float32))
+    query.add(np.array([0, 1, 0, 0], np.float32))
+    with pytest.raises(Exception, match="not supported"):
+        client.search("mv", data=[query], anns_field="tokens[tok]", limit=1, search_params={"metric_type": "MAX_SIM_IP"})
+    client.close()

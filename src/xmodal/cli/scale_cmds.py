@@ -17,12 +17,20 @@ def encode(
     images_per_shard: int = typer.Option(1000, help="For folders/CSVs: images per output shard."),
     actors: Optional[int] = typer.Option(None, help="Ray CPU actors (default: CPUs)."),
     retries: int = typer.Option(1, help="Retries of a failed shard before it is reported."),
+    late_interaction: bool = typer.Option(False, "--late-interaction", help="Write multi-vector shards (patch vectors per image) for a late-interaction index."),
+    decode_workers: int = typer.Option(0, help="Threads decoding images ahead of the encoder, per process/actor (GPU: 4-8)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: a local Ray."),
 ) -> None:
     """Encode a collection into embedding shards; finished shards are skipped on re-runs."""
     from ..distributed import encode_collection
 
+    if ray_address:
+        import ray
+
+        ray.init(address=ray_address, ignore_reinit_error=True)
     report = encode_collection(input, model, out, engine=engine, batch_size=batch_size,
-                               images_per_shard=images_per_shard, max_retries=retries, num_actors=actors)
+                               images_per_shard=images_per_shard, max_retries=retries, num_actors=actors,
+                               late_interaction=late_interaction, decode_workers=decode_workers)
     typer.echo(report.summary())
     for f in report.shards_failed:
         typer.echo(f"  failed shard {f['shard']}: {f['error']}", err=True)
@@ -35,12 +43,17 @@ def index_embeddings(
     out: Path = typer.Option(..., "--out", "-o"),
     memory_budget_mb: float = typer.Option(4096, help="Memory the index may use; picks flat / HNSW / IVF-PQ."),
     kind: str = typer.Option("auto", help="auto, flat, hnsw or ivfpq"),
+    engine: Optional[str] = typer.Option(None, help="faiss, milvus or late-interaction (default: from the shards)."),
+    milvus_uri: Optional[str] = typer.Option(None, help="milvus: cluster URI (default: Milvus Lite file inside --out)."),
+    milvus_collection: str = typer.Option("xmodal", help="milvus: collection name."),
+    nbits: Optional[int] = typer.Option(None, help="late-interaction: residual bits (default from the budget; 0 = uncompressed)."),
+    overwrite: bool = typer.Option(False, help="Replace an index already at --out."),
 ) -> None:
-    """Build a FAISS index from embedding shards without re-encoding (streaming)."""
-    from ..indexes.autoindex import build_from_embeddings
+    """Build an index from embedding shards without re-encoding (streaming); same as `xmodal index --from-embeddings`."""
+    from .search_cmds import build_index_from_embeddings
 
-    index, choice = build_from_embeddings(emb_dir, out, memory_budget_mb=memory_budget_mb, kind=kind)
-    typer.echo(f"index '{out}': {len(index)} vectors, kind={choice.kind} {choice.params or ''} ({choice.reason})")
+    build_index_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb, nbits=nbits,
+                                milvus_uri=milvus_uri, milvus_collection=milvus_collection, overwrite=overwrite)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,32 +12,53 @@ from ..errors import InvalidInputError
 
 
 def index(
-    image_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    image_dir: Optional[Path] = typer.Argument(None, help="Folder of images (searched recursively). Omit with --from-embeddings."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create or update."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
         help="Hub id (openai/clip-vit-base-patch32), open_clip:ARCH/TAG or a local folder. "
              "Defaults to the model recorded in an existing index."),
-    engine: str = typer.Option("faiss", help="Index engine: faiss (embedded default), late-interaction (multi-vector, PLAID-style) or milvus."),
-    milvus_uri: Optional[str] = typer.Option(None, help="milvus: cluster URI (default: Milvus Lite file inside --out)."),
-    kind: str = typer.Option("flat", help="FAISS index kind: flat (exact), hnsw or ivfpq."),
-    nbits: int = typer.Option(2, help="late-interaction: residual bits per dimension (1, 2, 4, 8; 0 = uncompressed)."),
+    from_embeddings: Optional[Path] = typer.Option(
+        None, "--from-embeddings",
+        help="Build from embedding shards of `xmodal encode` (no re-encoding, streaming) instead of an image folder."),
+    engine: Optional[str] = typer.Option(
+        None, help="Index engine: faiss (embedded default), late-interaction (multi-vector, PLAID-style) or milvus. "
+                   "With --from-embeddings the default follows the shards (multi-vector -> late-interaction)."),
+    milvus_uri: Optional[str] = typer.Option(
+        None, help="milvus: server/cluster URI, e.g. http://milvus:19530 (token: MILVUS_TOKEN); default: Milvus Lite file inside --out."),
+    milvus_collection: str = typer.Option("xmodal", help="milvus: collection name."),
+    kind: Optional[str] = typer.Option(
+        None, help="FAISS/Milvus index kind: flat (exact), hnsw or ivfpq; with --from-embeddings also auto "
+                   "(default there: chosen from count and --memory-budget-mb). Default for folders: flat."),
+    memory_budget_mb: float = typer.Option(4096, help="--from-embeddings: memory the index may use; picks flat / HNSW / IVF-PQ (or late-interaction bits)."),
+    nbits: Optional[int] = typer.Option(None, help="late-interaction: residual bits per dimension (1, 2, 4, 8; 0 = uncompressed). Default 2 (from the budget with --from-embeddings)."),
+    overwrite: bool = typer.Option(False, help="--from-embeddings: replace an index already at --out."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Index a folder of images; re-running encodes only new/changed files and drops deleted ones."""
-    from ..collection import COLLECTION_FILE, build_collection, open_collection
+    """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
+    from ..collection import COLLECTION_FILE, build_collection
 
+    if (image_dir is None) == (from_embeddings is None):
+        raise InvalidInputError("give either an IMAGE_DIR or --from-embeddings EMB_DIR (one of the two).")
+    if from_embeddings is not None:
+        build_index_from_embeddings(from_embeddings, out, engine=engine, kind=kind or "auto",
+                                    memory_budget_mb=memory_budget_mb, nbits=nbits, milvus_uri=milvus_uri,
+                                    milvus_collection=milvus_collection, overwrite=overwrite)
+        return
+    engine = engine or "faiss"
     if model is None:
         if not (out / COLLECTION_FILE).exists():
             raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
         model = json.loads((out / COLLECTION_FILE).read_text()).get("model")
-    options: dict = {"kind": kind} if engine == "faiss" else {}
+        if not model:
+            raise InvalidInputError(f"the index at '{out}' does not record a loadable model; pass --model.")
+    options: dict = {"kind": kind or "flat"} if engine == "faiss" else {}
     if engine == "late-interaction":
-        options = {"nbits": nbits or None}
-    if engine == "milvus" and milvus_uri:
-        options = {"uri": milvus_uri}
+        options = {"nbits": 2 if nbits is None else (nbits or None)}
+    if engine == "milvus":
+        options = {"collection": milvus_collection, **({"uri": milvus_uri} if milvus_uri else {})}
     report = build_collection(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=not quiet, **options)
     typer.echo(report.summary())
@@ -45,6 +66,24 @@ def index(
         typer.echo(f"skipped {len(report.failed)} unreadable files:", err=True)
         for rel, reason in report.failed:
             typer.echo(f"  {rel}: {reason}", err=True)
+
+
+def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str], kind: str, memory_budget_mb: float,
+                                nbits: Optional[int] = None, milvus_uri: Optional[str] = None,
+                                milvus_collection: str = "xmodal", overwrite: bool = False) -> None:
+    """Shared by `xmodal index --from-embeddings` and `xmodal index-embeddings`: build, then print the choice."""
+    from ..collection import COLLECTION_FILE
+    from ..indexes.autoindex import build_from_embeddings
+
+    index, choice = build_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb,
+                                          nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite)
+    typer.echo(f"index '{out}': {len(index)} items, engine={index.engine}, index {choice.describe()}")
+    if (out / COLLECTION_FILE).exists():
+        typer.echo(f"ids are image paths: `xmodal search {out} ...` works, and `xmodal index IMAGE_DIR --out {out}` "
+                   "updates it incrementally.")
+    close = getattr(index, "close", None)
+    if close is not None:
+        close()
 
 
 def search(

@@ -1,18 +1,31 @@
 """Encoding image collections into embedding shards, on one process or distributed with Ray Data.
 
 Unit of work = one input shard (a webdataset tar, or a slice of a folder/CSV). Each shard's output is
-``EMB_DIR/<shard>.parquet`` (columns ``id``: string, ``embedding``: fixed-size list of float32),
-written atomically, so a re-run skips finished shards (resume). A shard that fails (unreadable tar,
-crash) is retried ``max_retries`` times and then reported in ``EMB_DIR/_report.json``, never silently
-dropped; unreadable images inside a shard are reported per image. Output count = input count minus
-the reported failures.
+``EMB_DIR/<shard>.parquet``, written atomically, so a re-run skips finished shards (resume). Columns:
+
+- ``id`` (string): the tar member name without extension, or the image path relative to the folder/CSV;
+- ``embedding``: ``fixed_size_list<float32, d>`` (one vector per image), or, for a late-interaction
+  encoder, ``list<fixed_size_list<float32, d>>`` (one patch vector per row of the list: multi-vector);
+- ``signature`` (folder/CSV sources only): ``[size, mtime_ns]`` of the image file, the same signature
+  ``build_collection`` uses, so an index built from these shards can later be updated incrementally
+  with ``xmodal index FOLDER --out IDX``.
+
+Each file's Arrow schema metadata (key ``xmodal``) records the model id, the dimension, whether it
+is multi-vector, the number of vectors, the ids of unreadable images and the input shard's signature
+(tar size+mtime, or a hash of the files' signatures). A finished shard is skipped only when that signature still matches its input;
+outputs whose input is gone are removed (EMB_DIR mirrors the input), and reusing EMB_DIR with another
+model is refused.
+
+A shard that fails (unreadable tar, crash) is retried ``max_retries`` times and then reported in
+``EMB_DIR/_report.json``, never silently dropped; unreadable images inside a shard are reported per
+image. Output count = input count minus the reported failures.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
-import io
+import hashlib
 import json
 import os
 import tarfile
@@ -27,6 +40,7 @@ from ..data.images import IMAGE_SUFFIXES, find_images, open_image
 from ..errors import InvalidInputError
 
 REPORT = "_report.json"
+META_KEY = b"xmodal"  # Arrow schema metadata key of every embedding shard
 
 
 @dataclass
@@ -37,23 +51,45 @@ class Shard:
     tar: str | None = None
     files: list[str] | None = None
     root: str | None = None
+    signature: str = ""  # of the input: tar size+mtime, or a hash of the files' size+mtime
 
 
 @dataclass
 class EncodeReport:
     shards_total: int = 0
     shards_done: int = 0  # encoded in this run
-    shards_skipped: int = 0  # already done by an earlier run
+    shards_skipped: int = 0  # already done by an earlier run (and their input is unchanged)
     shards_failed: list[dict[str, str]] = field(default_factory=list)
+    shards_removed: list[str] = field(default_factory=list)  # outputs whose input shard is gone
     images_encoded: int = 0
     images_failed: list[dict[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock of the whole run (model loading, Ray actors starting, ...)
+    shard_seconds: float = 0.0  # sum over shards of the time spent decoding, encoding and writing them
 
     def summary(self) -> str:
         rate = self.images_encoded / self.seconds if self.seconds else 0.0
-        return (f"{self.shards_total} shards: {self.shards_done} encoded, {self.shards_skipped} already done, "
-                f"{len(self.shards_failed)} failed; {self.images_encoded} images encoded, {len(self.images_failed)} "
-                f"unreadable ({self.seconds:.1f} s, {rate:.0f} img/s)")
+        s = (f"{self.shards_total} shards: {self.shards_done} encoded, {self.shards_skipped} already done, "
+             f"{len(self.shards_failed)} failed; {self.images_encoded} images encoded, {len(self.images_failed)} "
+             f"unreadable ({self.seconds:.1f} s, {rate:.0f} img/s)")
+        if self.shards_removed:
+            s += f"; removed {len(self.shards_removed)} outputs whose input is gone"
+        return s
+
+
+def file_signature(path: str | Path) -> list[int]:
+    """``[size, mtime_ns]`` of a file (as ``xmodal.collection`` records it), ``[-1, -1]`` if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _files_signature(root: str, files: list[str]) -> str:
+    h = hashlib.sha1()
+    for rel in files:
+        h.update(f"{rel}\t{file_signature(os.path.join(root, rel))}\n".encode())
+    return h.hexdigest()
 
 
 def plan_shards(source: str | Path, images_per_shard: int = 1000) -> list[Shard]:
@@ -63,7 +99,7 @@ def plan_shards(source: str | Path, images_per_shard: int = 1000) -> list[Shard]
         paths = sorted(glob.glob(src))
         if not paths:
             raise InvalidInputError(f"no shards match '{src}'.")
-        return [Shard(name=Path(p).stem, tar=p) for p in paths]
+        return [Shard(name=Path(p).stem, tar=p, signature=str(file_signature(p))) for p in paths]
     path = Path(src)
     if path.is_dir():
         files = [p.relative_to(path).as_posix() for p in find_images(path)]
@@ -76,41 +112,139 @@ def plan_shards(source: str | Path, images_per_shard: int = 1000) -> list[Shard]
         files, root = [r["image"] for r in rows], str(path.parent.resolve())
     else:
         raise InvalidInputError(f"'{src}' is not a tar shard pattern, a folder or a CSV.")
-    return [Shard(name=f"part-{i // images_per_shard:05d}", files=files[i:i + images_per_shard], root=root)
-            for i in range(0, len(files), images_per_shard)]
+    shards = []
+    for i in range(0, len(files), images_per_shard):
+        part = files[i:i + images_per_shard]
+        shards.append(Shard(name=f"part-{i // images_per_shard:05d}", files=part, root=root,
+                            signature=_files_signature(root, part)))
+    return shards
 
 
-def _samples(shard: Shard) -> Iterator[tuple[str, Any]]:
-    """(id, image bytes or path) for every image of a shard; raises if the shard itself is unreadable."""
+def source_root(source: str | Path) -> str | None:
+    """The image root that ids are relative to (folder or CSV sources), or None for tar shards."""
+    path = Path(str(source))
+    if path.is_dir():
+        return str(path.resolve())
+    if path.suffix.lower() in (".csv", ".tsv") and path.exists():
+        return str(path.parent.resolve())
+    return None
+
+
+def _samples(shard: Shard) -> Iterator[tuple[str, Any, list[int] | None]]:
+    """(id, image bytes or path, file signature or None) per image; raises if the shard itself is unreadable."""
     if shard.tar:
         with tarfile.open(shard.tar) as tar:  # a corrupt tar raises here: the whole shard fails
             for m in tar.getmembers():
                 if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield m.name.rsplit(".", 1)[0], tar.extractfile(m).read()
+                    yield m.name.rsplit(".", 1)[0], tar.extractfile(m).read(), None
     else:
         for rel in shard.files or []:
-            yield rel, os.path.join(shard.root, rel)
+            full = os.path.join(shard.root, rel)
+            yield rel, full, file_signature(full)
 
 
-def encode_shard(model: Any, shard: Shard, out_dir: Path, batch_size: int = 64) -> dict[str, Any]:
-    """Encode one shard to ``out_dir/<name>.parquet``; returns counts and per-image failures."""
+def is_multi_vector(model: Any) -> bool:
+    """True for encoders whose ``encode_image`` returns several vectors per image (late interaction)."""
+    return hasattr(model, "encode_text_tokens")
+
+
+def _vectors_column(vecs: list[np.ndarray] | np.ndarray, dim: int, multi: bool) -> Any:
+    import pyarrow as pa
+
+    if not multi:
+        flat = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    docs = [np.asarray(v, dtype=np.float32).reshape(-1, dim) for v in vecs]
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int32)
+    flat = np.concatenate(docs).reshape(-1) if docs else np.zeros(0, np.float32)
+    tokens = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), tokens)
+
+
+def _open(src: Any) -> Any:
+    try:
+        return open_image(src)
+    except InvalidInputError as e:
+        return e
+
+
+def _decoded(shard: Shard, workers: int) -> Iterator[tuple[str, Any, list[int] | None]]:
+    """(id, PIL image or the error, signature) in input order; ``workers`` threads decode ahead (Pillow
+    releases the GIL while decoding), at most ``4 * workers`` images in flight."""
+    if workers <= 0:
+        for sid, src, sig in _samples(shard):
+            yield sid, _open(src), sig
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque = deque()
+        for sid, src, sig in _samples(shard):
+            window.append((sid, pool.submit(_open, src), sig))
+            if len(window) >= 4 * workers:
+                sid0, fut, sig0 = window.popleft()
+                yield sid0, fut.result(), sig0
+        while window:
+            sid0, fut, sig0 = window.popleft()
+            yield sid0, fut.result(), sig0
+
+
+def encode_shard(model: Any, shard: Shard, out_dir: Path, batch_size: int = 64, decode_workers: int = 0) -> dict[str, Any]:
+    """Encode one shard to ``out_dir/<name>.parquet``; returns counts and per-image failures.
+
+    Images are decoded and encoded ``batch_size`` at a time, so memory holds one batch of pictures
+    (plus the shard's vectors), whatever the size of the originals. ``decode_workers`` > 0 decodes in
+    that many threads ahead of the encoder (useful on a GPU, where decoding would otherwise starve it).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ids, images, failed = [], [], []
-    for sid, src in _samples(shard):
-        try:
-            images.append(open_image(src))
-            ids.append(sid)
-        except InvalidInputError as e:
-            failed.append({"shard": shard.name, "id": sid, "error": str(e)})
-    vecs = model.encode_image(images, batch_size=batch_size, show_progress=False) if images else np.zeros((0, model.embedding_dim), np.float32)
-    table = pa.table({"id": pa.array(ids, pa.string()),
-                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), vecs.shape[1])})
+    t0 = time.perf_counter()
+    multi, dim = is_multi_vector(model), int(model.embedding_dim)
+    ids: list[str] = []
+    sigs: list[list[int] | None] = []
+    vecs: list[np.ndarray] = []
+    failed: list[dict[str, str]] = []
+    batch: list[tuple[str, Any, list[int] | None]] = []
+
+    def flush() -> None:
+        if batch:
+            out = model.encode_image([img for _, img, _ in batch], batch_size=batch_size, show_progress=False)
+            vecs.extend(list(out))
+            ids.extend(b[0] for b in batch)
+            sigs.extend(b[2] for b in batch)
+            batch.clear()
+
+    for sid, img, sig in _decoded(shard, decode_workers):
+        if isinstance(img, Exception):
+            failed.append({"shard": shard.name, "id": sid, "error": str(img)})
+            continue
+        batch.append((sid, img, sig))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    columns = {"id": pa.array(ids, pa.string()), "embedding": _vectors_column(vecs, dim, multi)}
+    if shard.files is not None:
+        columns["signature"] = pa.array(sigs, pa.list_(pa.int64()))
+    n_vectors = int(sum(len(v) for v in vecs)) if multi else len(vecs)
+    meta = {"model_id": getattr(model, "model_id", None), "dim": dim, "multi_vector": multi, "count": len(ids),
+            "vectors": n_vectors, "shard": shard.name, "source_signature": shard.signature,
+            "failed": [f["id"] for f in failed]}
+    table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     tmp = out_dir / f".{shard.name}.parquet.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, out_dir / f"{shard.name}.parquet")
-    return {"shard": shard.name, "count": len(ids), "failed": failed}
+    return {"shard": shard.name, "count": len(ids), "failed": failed, "model_id": meta["model_id"],
+            "seconds": time.perf_counter() - t0}
+
+
+def shard_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``xmodal`` schema metadata of an embedding shard (read from the Parquet footer only)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[META_KEY]) if META_KEY in meta else {}
 
 
 def _run_with_retries(fn: Any, shard: Shard, max_retries: int) -> dict[str, Any]:
@@ -125,12 +259,16 @@ def _run_with_retries(fn: Any, shard: Shard, max_retries: int) -> dict[str, Any]
 
 def encode_collection(source: str | Path, model: Any, out_dir: str | Path, engine: str = "local", batch_size: int = 64,
                       images_per_shard: int = 1000, max_retries: int = 1, num_actors: int | None = None,
-                      show_progress: bool = True) -> EncodeReport:
+                      late_interaction: bool = False, decode_workers: int = 0, show_progress: bool = True) -> EncodeReport:
     """Encode every image of ``source`` into embedding shards under ``out_dir`` (see module docstring).
 
     ``model``: a name/folder (each Ray actor loads its own copy) or, for ``engine="local"``, a loaded encoder.
     ``engine="ray"`` runs shards in a Ray Data actor pool: one actor per GPU when there are GPUs, else
     ``num_actors`` CPU actors (default: the CPUs Ray sees, at most the number of shards).
+    ``late_interaction``: load the model named by ``model`` as a ``LateInteractionEncoder`` and write
+    multi-vector shards (patch vectors per image); a loaded late-interaction encoder does so by itself.
+    ``decode_workers``: threads decoding images ahead of the encoder, per process/actor (0: decode inline).
+    A Ray actor reserves ``max(1, decode_workers)`` CPUs.
     """
     from tqdm.auto import tqdm
 
@@ -141,39 +279,92 @@ def encode_collection(source: str | Path, model: Any, out_dir: str | Path, engin
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise InvalidInputError("two input shards have the same file name; outputs would collide.")
-    report = EncodeReport(shards_total=len(shards))
-    todo = [s for s in shards if not (out / f"{s.name}.parquet").exists()]
-    report.shards_skipped = len(shards) - len(todo)
-    model_name = str(Path(model).resolve()) if isinstance(model, (str, Path)) and Path(model).is_dir() else model
+    model_name = _model_name(model)
+    late_interaction = late_interaction or (not isinstance(model, (str, Path)) and is_multi_vector(model))
+    if engine not in ("local", "ray"):
+        raise InvalidInputError(f"unknown engine '{engine}'; use 'local' or 'ray'.")
+    if engine == "ray" and model_name is None:
+        raise InvalidInputError("engine='ray' needs the model as a name or folder (each actor loads its own copy).")
+    encoder = None
     if engine == "local":
         from ..collection import load_encoder
 
-        encoder = load_encoder(model) if isinstance(model, (str, Path)) else model
-        results = [_run_with_retries(lambda s: encode_shard(encoder, s, out, batch_size), s, max_retries)
+        encoder = (load_encoder(model, "late-interaction" if late_interaction else "faiss")
+                   if isinstance(model, (str, Path)) else model)
+    model_id = getattr(encoder, "model_id", None)
+    previous = json.loads((out / REPORT).read_text()) if (out / REPORT).exists() else {}
+    _check_same_model(out, previous, model_name, model_id, late_interaction)
+
+    report = EncodeReport(shards_total=len(shards))
+    wanted = set(names)
+    for f in sorted(out.glob("*.parquet")):  # EMB_DIR mirrors the input: drop outputs of inputs that are gone
+        if f.stem not in wanted and shard_metadata(f):
+            f.unlink()
+            report.shards_removed.append(f.stem)
+    todo = [s for s in shards if not _is_done(out / f"{s.name}.parquet", s)]
+    report.shards_skipped = len(shards) - len(todo)
+    model_id = model_id or previous.get("model_id")
+    if encoder is not None:
+        results = [_run_with_retries(lambda s: encode_shard(encoder, s, out, batch_size, decode_workers), s, max_retries)
                    for s in tqdm(todo, desc="encoding shards", disable=not show_progress)]
-    elif engine == "ray":
-        if not isinstance(model_name, str):
-            raise InvalidInputError("engine='ray' needs the model as a name or folder (each actor loads its own copy).")
-        results = _encode_with_ray(todo, model_name, out, batch_size, max_retries, num_actors)
     else:
-        raise InvalidInputError(f"unknown engine '{engine}'; use 'local' or 'ray'.")
+        results = _encode_with_ray(todo, model_name, out, batch_size, max_retries, num_actors, late_interaction,
+                                   decode_workers)
     for r in results:
         if r.get("error"):
             report.shards_failed.append({"shard": r["shard"], "error": r["error"]})
         else:
+            model_id = r.get("model_id") or model_id
             report.shards_done += 1
             report.images_encoded += r["count"]
             report.images_failed += r["failed"]
+            report.shard_seconds += r.get("seconds", 0.0)
     report.seconds = time.perf_counter() - t0
-    previous = json.loads((out / REPORT).read_text()) if (out / REPORT).exists() else {}
-    (out / REPORT).write_text(json.dumps({**asdict(report), "model": model_name,
-                                          "earlier_runs": previous.get("earlier_runs", []) + ([previous] if previous else [])},
+    earlier = previous.pop("earlier_runs", []) + ([previous] if previous else [])
+    (out / REPORT).write_text(json.dumps({**asdict(report), "model": model_name or previous.get("model"), "model_id": model_id,
+                                          "late_interaction": late_interaction, "source": str(source),
+                                          "root": source_root(source), "earlier_runs": earlier},
                                          indent=1, default=str))
     return report
 
 
+def _model_name(model: Any) -> str | None:
+    """A name another process can load the model from (a folder resolved to an absolute path), or None."""
+    if isinstance(model, (str, Path)):
+        return str(Path(model).resolve()) if Path(model).is_dir() else str(model)
+    return None
+
+
+def _is_done(path: Path, shard: Shard) -> bool:
+    """An output exists and was made from the input as it is now (same tar size/mtime or same files)."""
+    if not path.exists():
+        return False
+    try:
+        return shard_metadata(path).get("source_signature") == shard.signature
+    except Exception:  # noqa: BLE001 - an unreadable output is simply made again
+        return False
+
+
+def _check_same_model(out: Path, previous: dict[str, Any], name: str | None, model_id: str | None, late: bool) -> None:
+    """Refuse to mix shards of two models (or single- and multi-vector shards) in one folder."""
+    if not previous or not any(out.glob("*.parquet")):
+        return
+    prev_name, prev_id = previous.get("model"), previous.get("model_id")
+    if name and prev_name:
+        same = name == prev_name or bool(model_id and model_id == prev_id)
+    else:  # a loaded encoder on one side: compare model ids where both are known
+        same = not (model_id and prev_id) or model_id == prev_id
+    if not same:
+        raise InvalidInputError(f"'{out}' holds embeddings of model '{prev_name or prev_id}', not '{name or model_id}'; "
+                                "encode into another --out folder (or empty this one).")
+    if bool(previous.get("late_interaction")) != late:
+        kinds = ("single-vector", "multi-vector (late interaction)")
+        raise InvalidInputError(f"'{out}' holds {kinds[bool(previous.get('late_interaction'))]} embeddings; "
+                                f"this run makes {kinds[late]} ones. Use another --out folder.")
+
+
 def _encode_with_ray(shards: list[Shard], model_name: str, out: Path, batch_size: int, max_retries: int,
-                     num_actors: int | None) -> list[dict[str, Any]]:
+                     num_actors: int | None, late_interaction: bool = False, decode_workers: int = 0) -> list[dict[str, Any]]:
     import ray
 
     if not shards:
@@ -181,7 +372,9 @@ def _encode_with_ray(shards: list[Shard], model_name: str, out: Path, batch_size
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = max(1, min(len(shards), gpus or num_actors or int(ray.cluster_resources().get("CPU", 1))))
+    cpus_each = max(1, decode_workers)
+    actors = max(1, min(len(shards), gpus or num_actors or int(ray.cluster_resources().get("CPU", 1)) // cpus_each))
+    engine = "late-interaction" if late_interaction else "faiss"
 
     class ShardEncoder:
         """A Ray actor: loads the model once, then encodes whole shards."""
@@ -193,31 +386,60 @@ def _encode_with_ray(shards: list[Shard], model_name: str, out: Path, batch_size
 
             if not gpus:
                 torch.set_num_threads(1)  # one thread per actor: the actors are the parallelism
-            self.model = load_encoder(model_name, device="cuda" if gpus else None)
+            self.model = load_encoder(model_name, engine, device="cuda" if gpus else None)
 
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
             rows = []
             for payload in batch["shard"]:
                 shard = Shard(**json.loads(payload))
-                rows.append(json.dumps(_run_with_retries(lambda s: encode_shard(self.model, s, out, batch_size), shard, max_retries)))
+                rows.append(json.dumps(_run_with_retries(
+                    lambda s: encode_shard(self.model, s, out, batch_size, decode_workers), shard, max_retries)))
             return {"result": rows}
 
     ds = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in shards], override_num_blocks=len(shards))
     res = ds.map_batches(ShardEncoder, batch_size=1, concurrency=actors, num_gpus=1 if gpus else 0,
-                         num_cpus=0 if gpus else 1)
+                         num_cpus=decode_workers if gpus else cpus_each)
     return [json.loads(r["result"]) for r in res.take_all()]
 
 
-def read_embedding_shards(emb_dir: str | Path) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Stream (ids, (n, d) float32) per shard, in shard-name order, without loading everything at once."""
+def _read_table(path: Path) -> tuple[list[str], Any, list[Any] | None]:
+    """(ids, vectors, signatures or None) of one shard: vectors are ``(n, d)`` or a list of ``(t_i, d)``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    t = pq.read_table(path)
+    col = t.column("embedding").combine_chunks()
+    ids = t.column("id").to_pylist()
+    sigs = t.column("signature").to_pylist() if "signature" in t.column_names else None
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+        return ids, col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False), sigs
+    if pa.types.is_list(col.type) and pa.types.is_fixed_size_list(col.type.value_type):
+        dim = col.type.value_type.list_size
+        lens = np.diff(col.offsets.to_numpy())
+        flat = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        return ids, np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else [], sigs
+    raise InvalidInputError(f"'{path}': the 'embedding' column has type {col.type}, not (lists of) fixed-size float vectors.")
+
+
+def embedding_files(emb_dir: str | Path) -> list[Path]:
     files = sorted(Path(emb_dir).glob("*.parquet"))
     if not files:
         raise InvalidInputError(f"no embedding shards (*.parquet) in '{emb_dir}'. Run `xmodal encode` first.")
-    for f in files:
-        t = pq.read_table(f)
-        col = t.column("embedding").combine_chunks()
-        dim = col.type.list_size
-        vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-        yield t.column("id").to_pylist(), vecs
+    return files
+
+
+def iter_embedding_shards(emb_dir: str | Path) -> Iterator[tuple[list[str], Any, list[Any] | None]]:
+    """Stream ``(ids, vectors, signatures)`` per shard, in shard-name order: one shard in memory at a time.
+
+    ``vectors`` is ``(n, d)`` float32 for single-vector shards and a list of ``(t_i, d)`` arrays for
+    multi-vector ones; ``signatures`` is a list of ``[size, mtime_ns]`` (folder/CSV sources) or None.
+    """
+    for f in embedding_files(emb_dir):
+        yield _read_table(f)
+
+
+def read_embedding_shards(emb_dir: str | Path) -> Iterator[tuple[list[str], Any]]:
+    """Stream ``(ids, vectors)`` per shard, in shard-name order, without loading everything at once."""
+    for ids, vecs, _ in iter_embedding_shards(emb_dir):
+        yield ids, vecs

@@ -1,13 +1,21 @@
 """Milvus backend: the ``Index`` protocol on a Milvus collection (pymilvus ``MilvusClient``).
 
 The same code talks to Milvus Lite (an embedded server in a local ``.db`` file, used by the tests)
-and to a Milvus cluster: only the URI changes (``"./index/milvus.db"`` vs ``"http://milvus:19530"``,
-plus ``token`` for authentication). The index folder keeps a manifest that points at the URI and
-collection, so ``xmodal.load_index(folder)`` reconnects.
+and to a Milvus cluster: only the URI changes (``"./index/milvus.db"`` vs ``"http://milvus:19530"``),
+plus a token for authentication (``token=`` or the ``MILVUS_TOKEN`` environment variable). The
+index folder keeps a manifest that points at the URI and collection, so ``xmodal.load_index(folder)``
+reconnects. ``index_type``/``index_params`` pick the ANN index (FLAT, HNSW, IVF_SQ8, IVF_PQ on a
+cluster, ...); ``search_params`` (``ef``, ``nprobe``) are kept in the manifest too.
 
-Late interaction: Milvus 2.6 can store arrays of vectors per entity and score them with MAX_SIM, but
-xmodal's late-interaction engine does not use Milvus for that (not available in the Milvus Lite build
-used here, so it could not be tested); multi-vector collections use ``MultiVectorIndex``.
+Late interaction: Milvus 2.6 clusters can store an array of vectors per entity (an ``ARRAY`` of
+``STRUCT`` with a ``FLOAT_VECTOR`` sub-field) and search it with ``MAX_SIM_IP``/``MAX_SIM_COSINE``
+and an ``EmbeddingList`` query. xmodal does not use that: the Milvus Lite installed here (3.2.2,
+with pymilvus 3.0.2) does not support it, so it could not be tested. What was tried: a schema with
+an ``ARRAY<STRUCT{tok: FLOAT_VECTOR}>`` field is accepted but the field is silently dropped from the
+collection; inserting rows with it fails ("unexpected field"); an index on ``tokens[tok]`` with
+``MAX_SIM_IP`` fails ("unknown field"); an ``EmbeddingList`` search fails ("PlaceholderValue type 301
+not supported"). ``tests/indexes/test_milvus.py::test_milvus_lite_has_no_multi_vector_maxsim`` checks
+this and will fail once Milvus Lite gains it. Multi-vector collections use ``MultiVectorIndex``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,12 @@ def _client(uri: str, token: str | None = None) -> Any:
         from pymilvus import MilvusClient
     except ImportError as e:  # pragma: no cover
         raise InvalidInputError("the Milvus backend needs `pip install pymilvus milvus-lite` (xmodal[scale]).") from e
-    return MilvusClient(uri, token=token or "")
+    return MilvusClient(uri, token=token or os.environ.get("MILVUS_TOKEN", ""))
+
+
+def is_lite(uri: str) -> bool:
+    """A Milvus Lite file (``*.db`` path) rather than a server/cluster URI (``http://``, ``https://``, ``tcp://``)."""
+    return "://" not in uri
 
 
 def _quote(ids: Iterable[str]) -> str:
@@ -45,15 +58,22 @@ class MilvusIndex:
     engine = ENGINE
 
     def __init__(self, dim: int, uri: str, collection: str = "xmodal", model_id: str | None = None,
-                 token: str | None = None, index_type: str = "FLAT", metric: str = "ip", create: bool = True) -> None:
+                 token: str | None = None, index_type: str = "FLAT", metric: str = "ip", create: bool = True,
+                 index_params: Mapping[str, Any] | None = None, search_params: Mapping[str, Any] | None = None,
+                 overwrite: bool = False, num_shards: int | None = None) -> None:
         if metric not in ("ip", "l2"):
             raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
         self.dim, self.uri, self.collection, self.model_id = dim, uri, collection, model_id
         self.token, self.index_type, self.metric = token, index_type, metric
+        self.index_params = dict(index_params or {})  # build-time: M, efConstruction, nlist, m, nbits
+        self.search_params = dict(search_params or {})  # query-time: ef, nprobe
+        self.num_shards = num_shards  # cluster: write parallelism of a new collection (Milvus' default if None)
         self.client = _client(uri, token)
         # Local mirror of ids and metadata: incremental indexing compares every item's file signature,
         # and one round trip per item would be slow against a remote cluster.
         self._meta: dict[str, dict[str, Any]] = {}
+        if overwrite and self.client.has_collection(collection):
+            self.client.drop_collection(collection)
         if self.client.has_collection(collection):
             self._load_mirror()
         elif create:
@@ -69,8 +89,10 @@ class MilvusIndex:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("meta", DataType.JSON)
         params = self.client.prepare_index_params()
-        params.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric.upper())
-        self.client.create_collection(self.collection, schema=schema, index_params=params)
+        params.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric.upper(),
+                         params=self.index_params)
+        extra = {"num_shards": int(self.num_shards)} if self.num_shards else {}
+        self.client.create_collection(self.collection, schema=schema, index_params=params, **extra)
 
     def _load_mirror(self) -> None:
         it = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["id", "meta"])
@@ -132,8 +154,11 @@ class MilvusIndex:
             if not allowed:
                 return scores, out
             expr = f"id in {_quote(allowed)}"
-        res = self.client.search(self.collection, data=q.tolist(), limit=min(k, 16384), filter=expr,
-                                 output_fields=["id"], search_params={"metric_type": self.metric.upper()})
+        params = dict(self.search_params)
+        if "ef" in params or self.index_type.startswith("HNSW"):
+            params["ef"] = max(int(params.get("ef", 64)), min(k, 16384))  # HNSW needs ef >= k
+        res = self.client.search(self.collection, data=q.tolist(), limit=min(k, 16384), filter=expr, output_fields=["id"],
+                                 search_params={"metric_type": self.metric.upper(), "params": params})
         for n, hits in enumerate(res):
             for j, h in enumerate(hits[:k]):
                 scores[n, j] = h["distance"] if self.metric == "ip" else -h["distance"]
@@ -148,12 +173,13 @@ class MilvusIndex:
         self.client.flush(self.collection)
         (path / "milvus.json").write_text(json.dumps({"uri": self.uri, "collection": self.collection,
                                                        "index_type": self.index_type}))
+        params = {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
+                  "index_params": self.index_params, "search_params": self.search_params}
         tmp = path / f".manifest.{os.getpid()}.tmp"
         tmp.mkdir(exist_ok=True)
         (tmp / "milvus.json").write_text((path / "milvus.json").read_text())
         write_manifest(tmp, Manifest(engine=ENGINE, dimension=self.dim, count=len(self), metric=self.metric,
-                                     model_id=self.model_id, params={"uri": self.uri, "collection": self.collection,
-                                                                     "index_type": self.index_type}), ["milvus.json"])
+                                     model_id=self.model_id, params=params), ["milvus.json"])
         os.replace(tmp / MANIFEST_NAME, path / MANIFEST_NAME)
         tmp.joinpath("milvus.json").unlink()
         tmp.rmdir()
@@ -168,8 +194,8 @@ class MilvusIndex:
             raise IndexMismatchError(f"'{path}' is a '{m.engine}' index, not a Milvus index.")
         check_compatible(m, path, model_id=model_id, dimension=dimension)
         return cls(m.dimension, uri=m.params["uri"], collection=m.params["collection"], model_id=m.model_id,
-                   token=token or os.environ.get("MILVUS_TOKEN"), index_type=m.params.get("index_type", "FLAT"),
-                   metric=m.metric, create=False)
+                   token=token, index_type=m.params.get("index_type", "FLAT"), metric=m.metric, create=False,
+                   index_params=m.params.get("index_params"), search_params=m.params.get("search_params"))
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,77 @@
+"""`xmodal encode` -> `xmodal index --from-embeddings` (faiss, milvus, late-interaction) -> `xmodal search`,
+`xmodal index-embeddings`, and the errors of the index verb."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.errors import InvalidInputError
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_encode_then_index_from_embeddings_then_search_and_update(tiny_model_dir, image_folder, tmp_path):
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    r = invoke("encode", "--input", image_folder, "--model", tiny_model_dir, "--out", emb, "--images-per-shard", 5)
+    assert r.exit_code == 0, r.output
+    assert "12 images encoded, 1 unreadable" in r.stdout
+    r = invoke("index", "--from-embeddings", emb, "--out", idx)
+    assert r.exit_code == 0, r.output
+    assert "12 items, engine=faiss, index flat" in r.stdout and "exact search" in r.stdout
+    r = invoke("search", idx, "--image", image_folder / "img_04_purple.png", "-k", 2, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ids"][0] == "img_04_purple.png"
+    Image.new("RGB", (33, 33), "navy").save(image_folder / "new.png")
+    r = invoke("index", image_folder, "--out", idx, "-q")  # model and engine taken from the index
+    assert r.exit_code == 0, r.output
+    assert "1 added, 0 removed, 12 unchanged" in r.stdout
+    r = invoke("index", "--from-embeddings", emb, "--out", idx)
+    assert isinstance(r.exception, InvalidInputError) and "--overwrite" in str(r.exception)
+    r = invoke("index-embeddings", emb, "--out", idx, "--overwrite", "--kind", "hnsw")  # the older verb still works
+    assert r.exit_code == 0, r.output
+    assert "12 items, engine=faiss, index hnsw" in r.stdout
+    assert json.loads((idx / "manifest.json").read_text())["params"]["kind"] == "hnsw"
+
+
+def test_milvus_and_late_interaction_from_embeddings(tiny_model_dir, image_folder, tmp_path):
+    pytest.importorskip("pymilvus")
+    emb = tmp_path / "emb"
+    assert invoke("encode", "-i", image_folder, "-m", tiny_model_dir, "-o", emb).exit_code == 0
+    r = invoke("index", "--from-embeddings", emb, "--out", tmp_path / "mil", "--engine", "milvus", "--memory-budget-mb", 1)
+    assert r.exit_code == 0, r.output
+    assert "engine=milvus, index flat index_type=FLAT" in r.stdout
+    r = invoke("search", tmp_path / "mil", "--image", image_folder / "img_02_blue.png", "-k", 1, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ids"] == ["img_02_blue.png"]
+
+    late = tmp_path / "emb-late"
+    r = invoke("encode", "-i", image_folder, "-m", tiny_model_dir, "-o", late, "--late-interaction")
+    assert r.exit_code == 0, r.output
+    r = invoke("index", "--from-embeddings", late, "--out", tmp_path / "li", "--engine", "faiss")
+    assert isinstance(r.exception, InvalidInputError) and "late-interaction" in str(r.exception)
+    r = invoke("index", "--from-embeddings", late, "--out", tmp_path / "li")  # engine follows the shards
+    assert r.exit_code == 0, r.output
+    assert "engine=late-interaction, index late-interaction nbits=2" in r.stdout
+    r = invoke("search", tmp_path / "li", "--image", image_folder / "img_06_white.png", "-k", 1, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ids"] == ["img_06_white.png"]
+    # updating it needs no --engine: the index's engine decides how the model is loaded (patch vectors)
+    r = invoke("index", image_folder, "--out", tmp_path / "li", "-q")
+    assert r.exit_code == 0, r.output
+    assert "0 added, 0 removed, 12 unchanged" in r.stdout
+
+
+def test_index_needs_exactly_one_source(image_folder, tmp_path):
+    for args in (("index", "--out", tmp_path / "i"),
+                 ("index", image_folder, "--from-embeddings", tmp_path, "--out", tmp_path / "i")):
+        r = invoke(*args)
+        assert isinstance(r.exception, InvalidInputError) and "one of the two" in str(r.exception)
