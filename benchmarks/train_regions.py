@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+import torch
 
 from xmodal.data.features import FeatureStore
 from xmodal.data.synthetic import all_caption_texts, generate, region_features
@@ -43,7 +44,9 @@ def main() -> None:
     ap.add_argument("--region-dim", type=int, default=256)
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: more threads only contend)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     splits = generate(n_train=args.n_train, n_val=50, n_test=300, n_unseen=10, seed=args.seed)
     features, data = region_features(splits, dim=args.region_dim, seed=args.seed)
     store = FeatureStore.from_dict(features)

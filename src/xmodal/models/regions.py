@@ -303,7 +303,8 @@ class SingleStreamBackbone(_RegionInputs):
         """States of the aligned pairs read as one sequence: ``(n, t + r, h)`` and mask."""
         ids, t_mask = text["input_ids"], text["attention_mask"]
         regions, r_mask = self._region_part(image)
-        embeds = torch.cat([self._word_embeddings(ids), regions.to(self._word_embeddings(ids).dtype)], dim=1)
+        words = self._word_embeddings(ids)
+        embeds = torch.cat([words, regions.to(words.dtype)], dim=1)
         mask = torch.cat([t_mask, r_mask], dim=1)
         types = torch.cat([torch.zeros_like(ids), torch.ones_like(r_mask)], dim=1)
         t_pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
