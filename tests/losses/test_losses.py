@@ -82,9 +82,22 @@ def test_vsepp_max_violation_matches_brute_force():
     for a in range(n):
         total += max(max(0.0, margin + s[a, j].item() - s[a, a].item()) for j in range(n) if j != a) / n
         total += max(max(0.0, margin + s[j, a].item() - s[a, a].item()) for j in range(n) if j != a) / n
-    assert VSEPPLoss(m, margin=margin)(batch()).item() == pytest.approx(total, rel=1e-5)
+    assert VSEPPLoss(m, margin=margin, warmup_steps=0)(batch()).item() == pytest.approx(total, rel=1e-5)
     sum_version = VSEPPLoss(m, margin=margin, max_violation=False)(batch()).item()
     assert sum_version >= total - 1e-6
+
+
+def test_vsepp_warms_up_with_the_sum_then_takes_the_hardest_negative():
+    m = FixedModel(seed=1)
+    summed = VSEPPLoss(m, max_violation=False)(batch()).item()
+    hardest = VSEPPLoss(m, warmup_steps=0)(batch()).item()
+    assert summed > hardest + 1e-3
+    loss = VSEPPLoss(m, warmup_steps=2)
+    assert [loss(batch()).item() for _ in range(3)] == pytest.approx([summed, summed, hardest], rel=1e-6)
+    assert int(loss.state_dict()["batches_seen"]) == 3  # saved in checkpoints: a resumed run switches at the same step
+    loss.eval()
+    fresh = VSEPPLoss(m, warmup_steps=2).eval()  # evaluation neither warms up nor counts
+    assert fresh(batch()).item() == pytest.approx(hardest, rel=1e-6) and int(fresh.batches_seen) == 0
 
 
 def test_hard_negative_mining_never_picks_a_positive():

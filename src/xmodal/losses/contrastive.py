@@ -82,11 +82,20 @@ class SigLIPLoss(nn.Module):
 
 
 class VSEPPLoss(nn.Module):
-    """VSE++ hinge triplet loss with margin; ``max_violation`` uses only the hardest negative (as in VSE++/TERN)."""
+    """VSE++ hinge triplet loss with margin; ``max_violation`` uses only the hardest negative (as in VSE++/TERN).
 
-    def __init__(self, model: nn.Module, margin: float = 0.2, max_violation: bool = True) -> None:
+    ``warmup_steps``: the first training batches use the sum over all negatives before switching to the
+    hardest one (as VSE-infinity does for its first epoch). From random weights the max-violation loss
+    alone collapses every embedding onto one point, where it sits at ``2 * margin`` with no way out
+    (measured: 0.4 % R@1 after 1,000 steps on the synthetic benchmark); fine-tuning pretrained towers
+    does not need the warm-up (``warmup_steps=0``). The count is saved with the loss, so a resumed run
+    switches at the same step.
+    """
+
+    def __init__(self, model: nn.Module, margin: float = 0.2, max_violation: bool = True, warmup_steps: int = 200) -> None:
         super().__init__()
-        self.model, self.margin, self.max_violation = model, margin, max_violation
+        self.model, self.margin, self.max_violation, self.warmup_steps = model, margin, max_violation, warmup_steps
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         t, i, labels = embed_pair(self.model, batch)
@@ -95,7 +104,10 @@ class VSEPPLoss(nn.Module):
         negatives = labels[:, None] != labels[None, :]
         cost_t2i = (self.margin + s - pos[:, None]).clamp(min=0) * negatives  # text as anchor, wrong images
         cost_i2t = (self.margin + s - pos[None, :]).clamp(min=0) * negatives  # image as anchor, wrong texts
-        if self.max_violation:
+        warming_up = self.training and int(self.batches_seen) < self.warmup_steps
+        if self.training:
+            self.batches_seen += 1
+        if self.max_violation and not warming_up:
             return cost_t2i.max(dim=1).values.mean() + cost_i2t.max(dim=0).values.mean()
         return (cost_t2i.sum() + cost_i2t.sum()) / len(t)
 
