@@ -51,3 +51,21 @@ def image_folder(tmp_path) -> Path:
         img.save(target / f"img_{i:02d}_{c}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     return folder
+
+
+class CountingEncoder:
+    """Wraps an encoder (single- or multi-vector) and counts the images it encodes."""
+
+    def __init__(self, model):
+        self.model, self.encoded = model, 0
+        self.model_id, self.embedding_dim = model.model_id, model.embedding_dim
+
+    def encode_image(self, images, **kw):
+        self.encoded += len(images)
+        return self.model.encode_image(images, **kw)
+
+
+@pytest.fixture()
+def counting_encoder():
+    """``counting_encoder(model)`` wraps ``model`` so a test can check how many images were (re-)encoded."""
+    return CountingEncoder

@@ -12,18 +12,6 @@ from xmodal.collection import build_collection, open_collection
 from xmodal.errors import IndexMismatchError, InvalidInputError
 
 
-class CountingEncoder:
-    """Wraps a DualEncoder and counts the images it encodes."""
-
-    def __init__(self, model):
-        self.model, self.encoded = model, 0
-        self.model_id, self.embedding_dim = model.model_id, model.embedding_dim
-
-    def encode_image(self, images, **kw):
-        self.encoded += len(images)
-        return self.model.encode_image(images, **kw)
-
-
 def test_build_reports_corrupt_and_search_finds_exact_image(tiny_model, image_folder, tmp_path):
     report = build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False)
     assert report.total == 13 and report.added == 12 and [f for f, _ in report.failed] == ["broken.jpg"]
@@ -34,12 +22,12 @@ def test_build_reports_corrupt_and_search_finds_exact_image(tiny_model, image_fo
     assert col.image_path("sub/img_10_brown.png") == (image_folder / "sub" / "img_10_brown.png").resolve()
 
 
-def test_incremental_update_adds_and_removes_only_the_difference(tiny_model, image_folder, tmp_path):
+def test_incremental_update_adds_and_removes_only_the_difference(counting_encoder, tiny_model, image_folder, tmp_path):
     build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False)
     (image_folder / "img_00_red.png").unlink()
     Image.new("RGB", (33, 33), "navy").save(image_folder / "new.png")
     Image.new("RGB", (33, 33), "olive").save(image_folder / "img_01_green.png")  # changed content
-    counter = CountingEncoder(tiny_model)
+    counter = counting_encoder(tiny_model)
     report = build_collection(image_folder, counter, tmp_path / "idx", show_progress=False)
     assert counter.encoded == 2  # new.png + changed img_01
     assert (report.added, report.removed, report.unchanged) == (2, 2, 10)
@@ -47,10 +35,10 @@ def test_incremental_update_adds_and_removes_only_the_difference(tiny_model, ima
     assert "img_00_red.png" not in ids and {"new.png", "img_01_green.png", "img_05_orange.png"} <= ids
 
 
-def test_interrupted_run_resumes_without_re_encoding(tiny_model, image_folder, tmp_path):
+def test_interrupted_run_resumes_without_re_encoding(counting_encoder, tiny_model, image_folder, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_collection(image_folder, tiny_model, tmp_path / "idx", chunk_size=4, stop_after=2, show_progress=False)
-    counter = CountingEncoder(tiny_model)
+    counter = counting_encoder(tiny_model)
     report = build_collection(image_folder, counter, tmp_path / "idx", chunk_size=4, show_progress=False)
     # 2 chunks of 4 files were done: 7 images + broken.jpg (failed files are tried again)
     assert report.resumed == 7 and counter.encoded == 12 - 7 and report.added == 12

@@ -23,17 +23,6 @@ from xmodal.indexes.multivector import MultiVectorIndex, exact_maxsim_topk
 from xmodal.models.late import LateInteractionEncoder
 
 
-class CountingEncoder:
-    """Wraps an encoder and counts the images it encodes (single- or multi-vector alike)."""
-
-    def __init__(self, model):
-        self.model, self.encoded = model, 0
-        self.model_id, self.embedding_dim = model.model_id, model.embedding_dim
-
-    def encode_image(self, images, **kw):
-        self.encoded += len(images)
-        return self.model.encode_image(images, **kw)
-
 
 @pytest.fixture(scope="module")
 def late_model(tiny_model_dir):
@@ -183,7 +172,7 @@ def test_resume_re_encodes_changed_inputs_and_drops_removed_ones(tiny_model, tin
 
 
 @pytest.mark.parametrize("engine", ["faiss", "milvus", "late-interaction"])
-def test_index_from_shards_then_incremental_update(engine, tiny_model_dir, image_folder, tmp_path):
+def test_index_from_shards_then_incremental_update(counting_encoder, engine, tiny_model_dir, image_folder, tmp_path):
     if engine == "milvus":
         pytest.importorskip("pymilvus")
     late = engine == "late-interaction"
@@ -203,7 +192,7 @@ def test_index_from_shards_then_incremental_update(engine, tiny_model_dir, image
     (image_folder / "img_00_red.png").unlink()
     Image.new("RGB", (31, 31), "navy").save(image_folder / "new.png")
     model = LateInteractionEncoder.from_pretrained(tiny_model_dir) if late else col.load_model()
-    counter = CountingEncoder(model)
+    counter = counting_encoder(model)
     report = build_collection(image_folder, counter, tmp_path / "idx", show_progress=False)
     assert counter.encoded == 1 and (report.added, report.removed, report.unchanged) == (1, 1, 11)
     col = open_collection(tmp_path / "idx")
