@@ -1,9 +1,9 @@
 """Retrieve fast, rerank smart: cost and quality of cross-encoder-over-all vs retrieve + rerank.
 
 Part 1 (cost): for N items, one text query. "rerank-all" scores all N (query, item) pairs with the
-cross-encoder head; "retrieve+rerank@d" searches the FAISS index and scores d pairs. Pair
-evaluations are counted exactly; wall time of rerank-all is measured for N <= --measure-max and
-extrapolated linearly (pairs x measured seconds/pair) above it, marked "~".
+cross-encoder head; "retrieve+rerank@d" searches the FAISS index and scores d pairs (median of
+--repeats runs). Pair evaluations are counted exactly; wall time of rerank-all is measured for
+N <= --measure-max and extrapolated linearly (pairs x measured seconds/pair) above it, marked "~".
 Part 2 (quality): a tiny joint model (one set of weights for both roles) trained with the joint
 loss (InfoNCE + ITM with hard negatives) on the synthetic benchmark, evaluated as retrieve-only,
 rerank-all and retrieve+rerank at several depths.
@@ -15,6 +15,7 @@ rerank-all and retrieve+rerank at several depths.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -28,7 +29,8 @@ from xmodal.models.tiny import build_tiny_model
 from xmodal.train import TrainConfig, Trainer
 
 
-def cost_table(model: JointModel, pool: list, sizes: list[int], depths: list[int], measure_max: int) -> None:
+def cost_table(model: JointModel, pool: list, sizes: list[int], depths: list[int], measure_max: int,
+               repeats: int = 5) -> None:
     query = "a big red circle"
     rate = None
     print(f"\n{'N':>7} {'method':<20} {'pair evals':>11} {'seconds':>9} {'speed-up':>9}")
@@ -53,11 +55,14 @@ def cost_table(model: JointModel, pool: list, sizes: list[int], depths: list[int
         print(f"{n:>7} {'rerank-all':<20} {n:>11,} {full_s} {'1.0x':>9}")
         q = model.encode_text([query])
         for d in depths:
-            t0 = time.perf_counter()
-            _, ids = index.search(q, d)
-            cands = [pool[int(i) % len(pool)] for i in ids[0]]
-            model.score([query] * d, cands, batch_size=256, show_progress=False)
-            t = time.perf_counter() - t0
+            times = []
+            for _ in range(repeats):  # a few ms each: take the median, the machine may be shared
+                t0 = time.perf_counter()
+                _, ids = index.search(q, d)
+                cands = [pool[int(i) % len(pool)] for i in ids[0]]
+                model.score([query] * d, cands, batch_size=256, show_progress=False)
+                times.append(time.perf_counter() - t0)
+            t = statistics.median(times)
             print(f"{n:>7} {f'retrieve+rerank@{d}':<20} {d:>11,} {t:9.3f} {full / t:>8.0f}x")
 
 
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--depths", default="10,20,50")
     ap.add_argument("--measure-max", type=int, default=5000, help="largest N whose rerank-all is timed in full")
     ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--repeats", type=int, default=5, help="retrieve+rerank timings: median of this many runs")
     args = ap.parse_args()
     splits = generate(n_train=3000, n_val=100, n_test=150, n_unseen=10, seed=0)
     dual = build_tiny_model("clip", None, extra_texts=all_caption_texts(splits), hidden=64, projection_dim=64)
@@ -79,7 +85,7 @@ def main() -> None:
           f"with InfoNCE + ITM/hard negatives in {time.perf_counter() - t0:.0f} s")
     pool = list(splits["test"].images.values())
     cost_table(model, pool, [int(s) for s in args.sizes.split(",")], [int(d) for d in args.depths.split(",")],
-               args.measure_max)
+               args.measure_max, args.repeats)
     ev = RetrievalEvaluator(splits["test"])
     results = {"retrieve": ev(model), "rerank-all": ev(None, reranker=model)}
     for d in (5, 10, 20):

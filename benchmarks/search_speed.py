@@ -23,15 +23,26 @@ def unit(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
-def time_calls(fn, queries: np.ndarray, batch: int, repeats: int) -> float:
-    """Median queries/s over ``repeats`` passes through ``queries`` in batches of ``batch``."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in range(0, len(queries), batch):
-            fn(queries[s:s + batch])
-        rates.append(len(queries) / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def time_pair(fa, fb, queries: np.ndarray, batch: int, repeats: int) -> tuple[float, float]:
+    """Median queries/s of ``fa`` and ``fb`` over ``repeats`` passes through ``queries`` in batches of
+    ``batch``. The two are interleaved call by call (order alternating), so load from other processes
+    on a shared machine falls on both sides alike and the ratio stays meaningful."""
+    ra, rb = [], []
+    for r in range(repeats):
+        ta = tb = 0.0
+        for j, s in enumerate(range(0, len(queries), batch)):
+            chunk = queries[s:s + batch]
+            for f in ((fa, fb) if (r + j) % 2 == 0 else (fb, fa)):
+                t0 = time.perf_counter()
+                f(chunk)
+                dt = time.perf_counter() - t0
+                if f is fa:
+                    ta += dt
+                else:
+                    tb += dt
+        ra.append(len(queries) / ta)
+        rb.append(len(queries) / tb)
+    return statistics.median(ra), statistics.median(rb)
 
 
 def main() -> None:
@@ -67,8 +78,8 @@ def main() -> None:
         if kind == "hnsw":
             raw.hnsw.efSearch = ours.params["ef_search"]
         for batch in (1, 100):
-            ours_qps = time_calls(lambda b: ours.search(b, args.k), q, batch, args.repeats)
-            raw_qps = time_calls(lambda b: raw.search(b, args.k), q, batch, args.repeats)
+            ours_qps, raw_qps = time_pair(lambda b: ours.search(b, args.k), lambda b: raw.search(b, args.k), q, batch,
+                                          args.repeats)
             rows.append((kind, batch, ours_qps, raw_qps, raw_qps / ours_qps, build))
 
     print(f"\n{'index':<6} {'batch':>5} {'xmodal q/s':>12} {'faiss q/s':>12} {'time ratio':>11}  {'xmodal build s':>14}")

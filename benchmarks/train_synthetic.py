@@ -1,9 +1,12 @@
 """Training works: a tiny CLIP trained from scratch on the synthetic benchmark, per loss.
 
-Prints R@1/R@5 (text->image, image->text) and mean recall before and after training, on the test
+Prints R@1/5/10 (text->image, image->text) and mean recall before and after training, on the test
 split (seen colour-shape combinations) and on test_unseen (combinations never seen in training).
+"joint" trains a JointModel (the same tiny towers + a fusion head, shared weights) with JointLoss
+(InfoNCE + ITM with hard negatives) and reports it twice: retrieve-only and retrieve + rerank of the
+top --depth candidates by its own fusion head.
 
-    python benchmarks/train_synthetic.py                       # infonce, siglip, vsepp; 1000 steps each
+    python benchmarks/train_synthetic.py                       # infonce, siglip, vsepp, joint; 1000 steps each
     python benchmarks/train_synthetic.py --losses infonce --steps 300
 """
 
@@ -16,17 +19,19 @@ import time
 from xmodal.data.synthetic import all_caption_texts, generate
 from xmodal.evaluation import RetrievalEvaluator
 from xmodal.losses import LOSSES
+from xmodal.models.joint import JointModel
 from xmodal.models.tiny import build_tiny_model
 from xmodal.train import TrainConfig, Trainer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--losses", default="infonce,siglip,vsepp")
+    ap.add_argument("--losses", default="infonce,siglip,vsepp,joint")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--langs", default="en")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=20, help="candidates reranked per query by the joint model")
     args = ap.parse_args()
     splits = generate(n_train=args.n_train, n_val=200, n_test=300, n_unseen=300, seed=args.seed,
                       langs=tuple(args.langs.split(",")))
@@ -37,19 +42,31 @@ def main() -> None:
     rows.append(("untrained", 0.0, test(init), unseen(init)))
     for name in args.losses.split(","):
         model = build_tiny_model("clip", None, extra_texts=texts, hidden=64, projection_dim=64, seed=args.seed)
+        if name == "joint":
+            model = JointModel.from_dual(model, hidden=64, layers=2, heads=4, seed=args.seed)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = TrainConfig(output_dir=tmp, max_steps=args.steps, batch_size=64, lr=2e-3, warmup_steps=30,
                               checkpoint_every=10**9, seed=args.seed)
             t0 = time.perf_counter()
             Trainer(model, LOSSES[name](model), splits["train"], cfg).train(resume=False, show_progress=False)
-            rows.append((name, time.perf_counter() - t0, test(model), unseen(model)))
+            secs = time.perf_counter() - t0
+            rows.append((name, secs, test(model), unseen(model)))
+            if name == "joint":
+                rows.append((f"joint+rr@{args.depth}", secs, test(model, reranker=model, depth=args.depth),
+                             unseen(model, reranker=model, depth=args.depth)))
     print(f"tiny CLIP (hidden 64, 2 layers, 30 px) from scratch, {args.steps} steps x batch 64, langs={args.langs}, "
           f"{len(splits['test'].images)} test images / {len(splits['test_unseen'].images)} unseen-combination images")
-    head = f"{'loss':<10}{'train s':>8} | {'test t2i R@1':>12}{'R@5':>6}{'i2t R@1':>8}{'mR':>6} | {'unseen t2i R@1':>14}{'R@5':>6}{'i2t R@1':>8}{'mR':>6}"
+    cols = ["t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "mean_recall"]
+    names = ["t2i R@1", "R@5", "R@10", "i2t R@1", "R@5", "R@10", "mR"]
+    widths = [8, 6, 6, 8, 6, 6, 6]
+    block = "".join(f"{n:>{w}}" for n, w in zip(names, widths))
+    print(f"{'':<14}{'':>8} | {'test (held-out scenes)':^{sum(widths)}} | {'test_unseen (unseen combinations)':^{sum(widths)}}")
+    head = f"{'model/loss':<14}{'train s':>8} | {block} | {block}"
     print(head + "\n" + "-" * len(head))
     for name, secs, a, b in rows:
-        print(f"{name:<10}{secs:>8.1f} | {a['t2i_R@1']:>12.1f}{a['t2i_R@5']:>6.1f}{a['i2t_R@1']:>8.1f}{a['mean_recall']:>6.1f} | "
-              f"{b['t2i_R@1']:>14.1f}{b['t2i_R@5']:>6.1f}{b['i2t_R@1']:>8.1f}{b['mean_recall']:>6.1f}")
+        ra = "".join(f"{a[c]:>{w}.1f}" for c, w in zip(cols, widths))
+        rb = "".join(f"{b[c]:>{w}.1f}" for c, w in zip(cols, widths))
+        print(f"{name:<14}{secs:>8.1f} | {ra} | {rb}")
 
 
 if __name__ == "__main__":
