@@ -89,6 +89,7 @@ class FaissIndex:
         self._removed: set[int] = set()  # labels masked at search time (HNSW cannot delete)
         self._index: faiss.Index | None = None
         self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
+        self._pos_ids: np.ndarray | None = None  # cached: id by position in the wrapped FAISS index
 
     # ------------------------------------------------------------------ building
     @property
@@ -171,7 +172,7 @@ class FaissIndex:
             self._label[i] = start + j
             if metadata is not None:
                 self._meta[i] = dict(metadata[j])
-        self._ids_arr = None
+        self._ids_arr = self._pos_ids = None
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids are ignored. Returns how many were removed."""
@@ -186,7 +187,7 @@ class FaissIndex:
             self._removed.update(labels)
         else:
             self._index.remove_ids(faiss.IDSelectorBatch(arr))
-        self._ids_arr = None
+        self._ids_arr = self._pos_ids = None
         return len(labels)
 
     # ------------------------------------------------------------------ querying
@@ -233,6 +234,13 @@ class FaissIndex:
             self._ids_arr = np.array(self._ids + [None], dtype=object)  # label -1 -> None
         return self._ids_arr
 
+    def _ids_by_position(self) -> np.ndarray:
+        """Item id of each position in the index wrapped by IndexIDMap2 (last entry None, for -1)."""
+        if self._pos_ids is None:
+            labels = faiss.vector_to_array(self._index.id_map)
+            self._pos_ids = np.concatenate([self._lookup()[labels], np.array([None], dtype=object)])
+        return self._pos_ids
+
     def search(
         self, queries: Any, k: int, filter: Iterable[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,11 +254,16 @@ class FaissIndex:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
         params = self._search_params(filter)
         if params is None:
-            scores, labels = self._index.search(q, k)
+            # Search the wrapped index and map positions to ids here, as IndexIDMap2 would: its own
+            # translation loop opens an OpenMP region on every call, which made a single-query HNSW
+            # search ~10x slower than raw FAISS whenever other processes kept the cores busy.
+            scores, pos = faiss.downcast_index(self._index.index).search(q, k)
+            ids = self._ids_by_position()[pos]
+            missing = pos < 0
         else:
             scores, labels = self._index.search(q, k, params=params)
-        ids = self._lookup()[labels]
-        missing = labels < 0
+            ids = self._lookup()[labels]
+            missing = labels < 0
         if missing.any():
             scores = scores.copy()
             scores[missing] = -np.inf
