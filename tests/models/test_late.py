@@ -20,7 +20,12 @@ def test_token_and_patch_vectors(tiny_model, tmp_path, image_folder):
     patches = late.encode_image([image_folder / "img_00_red.png"] * 2)
     assert patches.shape == (2, 26, 16)  # (30/6)^2 patches + [CLS]
     q = late.encode_query(text="which colour?", image=image_folder / "img_00_red.png")
-    assert q.shape == (len(late.encode_text(["which colour?"])[0]) + 26, 16)  # question tokens, then patches
+    question = late.encode_text(["which colour?"])[0]
+    assert q.shape == (len(question) + 26, 16)  # question tokens, then patches
+    np.testing.assert_allclose(q[: len(question)], question, atol=1e-6)  # same vectors as encoding each part alone
+    np.testing.assert_allclose(q[len(question):], patches[0], atol=1e-6)
+    np.testing.assert_allclose(late.encode_query(text="which colour?"), question, atol=1e-6)
+    np.testing.assert_allclose(late.encode_query(image=image_folder / "img_00_red.png"), patches[0], atol=1e-6)
     late.save(tmp_path / "late")
     again = LateInteractionEncoder.from_pretrained(tmp_path / "late")
     assert again.embedding_dim == 16 and again.model_id == late.model_id
@@ -30,11 +35,24 @@ def test_token_and_patch_vectors(tiny_model, tmp_path, image_folder):
 def test_index_collection_api(tiny_model, tmp_path, image_folder):
     late = LateInteractionEncoder.from_dual(tiny_model, dim=16)
     docs = ["the eiffel tower is in paris", ("a red picture", image_folder / "img_00_red.png"),
-            image_folder / "img_02_blue.png", "a green meadow"]
+            image_folder / "img_02_blue.png", "a green meadow",
+            # the mixed query's exact (text, image) pair, and distractors sharing one half of it
+            ("what is this?", image_folder / "img_02_blue.png"), ("what is this?", image_folder / "img_00_red.png"),
+            ("what colour is it?", image_folder / "img_02_blue.png"), ("what is this?", None)]
     col = xmodal.index_collection(late, docs, tmp_path / "li", nbits=None, show_progress=False)
-    res = col.search(["the eiffel tower is in paris", ("what is this?", image_folder / "img_02_blue.png")], k=2)
+    mixed = ("what is this?", image_folder / "img_02_blue.png")
+    res = col.search(["the eiffel tower is in paris", mixed], k=len(docs))
     assert res[0].ids[0] == "0" and res[0].metadata[0] == {"text": "the eiffel tower is in paris"}
-    assert len(res[1]) == 2 and res[1].stage == "late-interaction"
+    assert len(res[1]) == len(docs) and res[1].stage == "late-interaction"
+    # exact MaxSim: every query vector finds itself in the identical document (cosine 1), so that document scores
+    # the number of query vectors and beats every distractor, including those sharing the text or the image
+    qv = late.encode_query(text=mixed[0], image=mixed[1])
+    assert res[1].ids[0] == "4"
+    assert abs(res[1].scores[0] - len(qv)) < 1e-3 and res[1].scores[1] < res[1].scores[0] - 1e-3
+    dv = late.encode_items(docs)
+    by_hand = late.similarity([qv], dv)[0]
+    np.testing.assert_allclose(sorted(by_hand, reverse=True), res[1].scores, atol=1e-4)
+    assert int(np.argmax(by_hand)) == 4
     assert isinstance(xmodal.load_index(tmp_path / "li"), xmodal.indexes.multivector.MultiVectorIndex)
 
 

@@ -71,3 +71,74 @@ def test_cli_search_with_rerank(tiny_model_dir, image_folder, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["stage"] == "rerank" and len(out["ids"]) == 3 and "rerank" in out["timings"]
+
+
+def _planted_images(folder):
+    """Six small, clearly different images (colour + shape) saved as PNG files."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [("red", "ellipse"), ("green", "rectangle"), ("blue", "ellipse"), ("yellow", "rectangle"),
+             ("purple", "ellipse"), ("black", "rectangle")]
+    paths = []
+    for i, (colour, shape) in enumerate(specs):
+        img = Image.new("RGB", (32, 32), colour)
+        getattr(ImageDraw.Draw(img), shape)((4 + 2 * i, 6, 26, 28 - i), fill="white")
+        p = folder / f"cand_{i}_{colour}.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def test_reranker_really_reorders_planted_case(tiny_model, tmp_path):
+    """Issue #5: the dual encoder ranks the cross-encoder's favourite X 3rd; a real tiny joint cross-encoder puts it
+    1st, and the result is exactly the depth candidates sorted by ``reranker.score`` computed by hand.
+
+    (The tiny random BLIP is not used: its ITM scores are identical to float precision for every image, so it
+    cannot define an order among images.)"""
+    from pathlib import Path
+
+    query = "a red circle"
+    paths = _planted_images(tmp_path / "cands")
+    xenc = build_tiny_joint(tmp_path / "joint")
+    by_hand = np.asarray(xenc.score([query] * len(paths), paths), dtype=np.float32)
+    assert by_hand.shape == (6,) and len(np.unique(by_hand)) == 6  # distinct scores: the order is well defined
+    x = int(np.argmax(by_hand))
+
+    # dual-encoder side: unit vectors with chosen cosines to the query's text embedding; X gets the 3rd best
+    q = tiny_model.encode_text([query], show_progress=False)[0].astype(np.float64)
+    q /= np.linalg.norm(q)
+    rng = np.random.default_rng(0)
+    others = [i for i in range(6) if i != x]
+    cos = np.empty(6)
+    cos[others[0]], cos[others[1]], cos[x] = 0.9, 0.8, 0.7
+    cos[others[2:]] = [0.6, 0.5, 0.4]
+    vecs = []
+    for c in cos:
+        u = rng.standard_normal(q.shape)
+        u -= (u @ q) * q
+        u /= np.linalg.norm(u)
+        vecs.append(c * q + np.sqrt(1 - c * c) * u)
+    ids = [f"item{i}" for i in range(6)]
+    index = FaissIndex(tiny_model.embedding_dim)
+    index.add(ids, np.asarray(vecs, dtype=np.float32), metadata=[{"path": str(p)} for p in paths])
+
+    plain = Retriever(tiny_model, index).search(text=query, k=6)
+    assert plain.stage == "retrieve"
+    assert plain.ids == [ids[i] for i in np.argsort(-cos)] and plain.ids[2] == ids[x]  # X is 3rd without rerank
+    np.testing.assert_allclose(plain.scores, np.sort(cos)[::-1], atol=1e-4)
+
+    retr = Retriever(tiny_model, index, reranker=xenc, depth=6)
+    res = retr.search(text=query, k=6)
+    assert res.stage == "rerank" and res.ids[0] == ids[x]
+    # identical to scoring the dual encoder's short list by hand (candidates resolved to image files)
+    cands = [retr.resolve(i) for i in plain.ids]
+    assert all(isinstance(c, Path) for c in cands) and [str(c) for c in cands] == [str(paths[int(i[4:])]) for i in plain.ids]
+    hand = np.asarray(xenc.score([query] * 6, cands), dtype=np.float32)
+    order = np.argsort(-hand, kind="stable")
+    assert res.ids == [plain.ids[j] for j in order]
+    np.testing.assert_allclose(res.scores, hand[order], atol=1e-5)
+    np.testing.assert_allclose(sorted(res.scores, reverse=True), np.sort(by_hand)[::-1], atol=1e-5)
+    # k < depth: the reranked top of the same short list, and rerank=False gives back the dual-encoder order
+    assert retr.search(text=query, k=2).ids == res.ids[:2]
+    assert retr.search(text=query, k=6, rerank=False).ids == plain.ids
