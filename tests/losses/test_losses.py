@@ -273,8 +273,7 @@ def test_3x3_itm_hard_negatives_and_hand_value():
 
 def test_3x3_joint_loss_is_embedding_plus_weighted_itm():
     m = LiteralModel()
-    joint = JointLoss(m, embedding_loss=InfoNCELoss(m, temperature=0.1), itm_weight=0.5)
-    joint.itm.sample_negatives = False  # JointLoss has no argument for it; deterministic negatives for the check
+    joint = JointLoss(m, embedding_loss=InfoNCELoss(m, temperature=0.1), itm_weight=0.5, sample_negatives=False)
     expected = hand_infonce(S3, 10.0) + 0.5 * hand_itm()
     assert joint(batch(3)).item() == pytest.approx(expected, rel=1e-5)
 

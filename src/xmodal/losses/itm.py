@@ -68,11 +68,12 @@ class ITMLoss(nn.Module):
 class JointLoss(nn.Module):
     """Embedding loss + ITM loss on one shared-weight model (MMT-Retrieval's JOIN training)."""
 
-    def __init__(self, model: nn.Module, embedding_loss: nn.Module | None = None, itm_weight: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, embedding_loss: nn.Module | None = None, itm_weight: float = 1.0,
+                 sample_negatives: bool = True) -> None:
         super().__init__()
         self.model = model
         self.embedding_loss = embedding_loss or InfoNCELoss(model)
-        self.itm = ITMLoss(model)
+        self.itm = ITMLoss(model, sample_negatives=sample_negatives)
         self.itm_weight = itm_weight
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
