@@ -141,3 +141,11 @@ def test_rerank_keeps_small_score_differences(image_dataset):
     ev = RetrievalEvaluator(ds)
     n_images = len(ds.images)
     assert ev(model, reranker=CloseScores(), depth=n_images)["t2i_R@1"] == ev(None, reranker=CloseScores())["t2i_R@1"] == 100
+
+
+def test_format_table_separates_every_header():
+    m = {f"{d}_R@{k}": 12.5 for d in ("t2i", "i2t") for k in (1, 5, 10)} | {"mean_recall": 12.5, "seconds": 1.0}
+    head, _, row = format_table({"a-rather-long-run-name-over-24-chars": m}).splitlines()
+    assert head.split() == ["run", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10",
+                            "mean_recall", "seconds"]
+    assert "  mean_recall" in head and len(row.split()) == 9

@@ -12,7 +12,7 @@ from ..errors import InvalidInputError
 
 
 def evaluate(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH, e.g. karpathy:dataset_flickr30k.json, csv:pairs.csv, folder:DIR, muge:valid_texts.jsonl, wds:shards-*.tar"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH, e.g. karpathy:dataset_flickr30k.json, csv:pairs.csv, folder:DIR, muge:valid_texts.jsonl, wds:shards-*.tar, multi30k:IMAGE_LIST,LANG=CAPTIONS[,...] (e.g. multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de; --images = image folder)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Dual encoder (hub id, open_clip:..., folder)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder (Karpathy/CSV) or base64 TSV (MUGE)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (Karpathy: test/val/train)."),

@@ -208,12 +208,14 @@ def read_webdataset(shards: str | Sequence[str], name: str = "webdataset", split
 
 
 READERS = {"karpathy": read_karpathy, "csv": read_csv, "tsv": read_csv, "folder": read_folder,
-           "muge": read_muge, "wds": read_webdataset, "webdataset": read_webdataset}
+           "muge": read_muge, "multi30k": read_multi30k, "wds": read_webdataset, "webdataset": read_webdataset}
 
 
 def load_dataset(spec: str, images: str | Path | None = None, split: str | None = None) -> ImageTextDataset:
     """Open a dataset from ``FORMAT:PATH``: ``karpathy:dataset_flickr30k.json`` (+ images dir), ``csv:pairs.csv``,
-    ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``."""
+    ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``,
+    ``multi30k:IMAGE_LIST,LANG=CAPTIONS[,LANG=CAPTIONS...]`` (+ images dir), e.g.
+    ``multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de``."""
     fmt, sep, path = spec.partition(":")
     if not sep or fmt not in READERS:
         raise InvalidInputError(f"dataset must be FORMAT:PATH with FORMAT one of {sorted(READERS)}; got '{spec}'.")
@@ -227,4 +229,16 @@ def load_dataset(spec: str, images: str | Path | None = None, split: str | None 
         if images is None:
             raise InvalidInputError("MUGE needs --images pointing at the image_id<TAB>base64 TSV.")
         return read_muge(path, images, split=split or "valid")
+    if fmt == "multi30k":
+        image_list, *pairs = path.split(",")
+        langs = dict(p.partition("=")[::2] for p in pairs)
+        if not image_list or not langs or any(not k or not v for k, v in langs.items()):
+            raise InvalidInputError("Multi30k needs multi30k:IMAGE_LIST,LANG=CAPTIONS[,LANG=CAPTIONS...], e.g. "
+                                    f"multi30k:test_2016_flickr.txt,en=test_2016_flickr.en; got '{spec}'.")
+        if images is None:
+            raise InvalidInputError("Multi30k needs --images pointing at the folder of the listed image files.")
+        missing = [f for f in (image_list, *langs.values()) if not Path(f).is_file()]
+        if missing:
+            raise DatasetFormatError(f"Multi30k file(s) not found: {missing}.")
+        return read_multi30k(langs, image_list, images, split=split or "test")
     return read_webdataset(path)

@@ -109,11 +109,9 @@ class RetrievalEvaluator:
 
     def _reranked(self, rows: Any, n_queries: int, reranker: Any, depth: int, text_queries: bool) -> Any:
         """Wrap a score function so each query's top-``depth`` is reordered by the reranker."""
-        cache: dict[tuple[int, int], np.ndarray] = {}
-
+        # no cache of the reranked blocks: chunked_ranks asks for each block once, and keeping them
+        # all would hold the whole (n_queries, n) float64 matrix in memory.
         def reranked_rows(a: int, b: int) -> np.ndarray:
-            if (a, b) in cache:
-                return cache[(a, b)]
             # float64: near the 1e6 offset float32 steps are 0.0625 and would turn close reranker scores into ties
             s = rows(a, b).astype(np.float64)
             d = min(depth, s.shape[1])
@@ -124,7 +122,6 @@ class RetrievalEvaluator:
             else:  # image queries: score (caption, image) pairs, same orientation as training
                 r = self._pair_scores_i2t(reranker, q_idx, top)
             np.put_along_axis(s, top, _RERANK_OFFSET + r.astype(np.float64), axis=1)
-            cache[(a, b)] = s
             return s
 
         return reranked_rows
@@ -141,8 +138,10 @@ class RetrievalEvaluator:
 def format_table(results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAULT_KS) -> str:
     """A plain-text table: one row per named run, R@K both directions and mean recall."""
     cols = [f"t2i_R@{k}" for k in ks] + [f"i2t_R@{k}" for k in ks] + ["mean_recall"]
-    head = f"{'run':<24}" + "".join(f"{c:>11}" for c in cols) + f"{'seconds':>9}"
+    w = max(len(c) for c in cols) + 2  # every header is separated by at least two spaces
+    nw = max([24, *(len(n) + 1 for n in results)])
+    head = f"{'run':<{nw}}" + "".join(f"{c:>{w}}" for c in cols) + f"{'seconds':>{w}}"
     lines = [head, "-" * len(head)]
     for name, m in results.items():
-        lines.append(f"{name:<24}" + "".join(f"{m[c]:>11.2f}" for c in cols) + f"{m.get('seconds', 0):>9.1f}")
+        lines.append(f"{name:<{nw}}" + "".join(f"{m[c]:>{w}.2f}" for c in cols) + f"{m.get('seconds', 0):>{w}.1f}")
     return "\n".join(lines)
