@@ -147,3 +147,38 @@ class MetricLearningLoss(nn.Module):
         a1, p, a2, n = tuples
         kp, kn = is_text(a1) != is_text(p), is_text(a2) != is_text(n)
         return a1[kp], p[kp], a2[kn], n[kn]
+
+
+def maxsim_scores(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-pairs MaxSim ``(n_q, n_d)``: for each query token its best document token, summed."""
+    sim = torch.einsum("atk,bpk->abtp", q, d)
+    sim = sim.masked_fill(~d_mask.bool()[None, :, None, :], float("-inf")).amax(dim=-1)
+    return (sim * q_mask.to(sim.dtype)[:, None, :]).sum(dim=-1)
+
+
+class MaxSimInfoNCELoss(nn.Module):
+    """In-batch contrastive loss on late-interaction (MaxSim) scores, as ColBERT/FLMR train their token vectors.
+
+    Needs ``model.text_tokens`` / ``model.image_tokens`` (``LateInteractionEncoder``). Texts are the queries;
+    the cross-entropy runs both ways over the same score matrix, and same-image captions are not negatives.
+    Negatives are the process's own batch (token vectors are not gathered across DDP ranks).
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 0.1) -> None:
+        super().__init__()
+        if not hasattr(model, "text_tokens"):
+            raise TypeError(f"{type(model).__name__} has no token vectors; MaxSim training needs a LateInteractionEncoder.")
+        self.model, self.temperature = model, temperature
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        q, q_mask = self.model.text_tokens(batch["text"])
+        d, d_mask = self.model.image_tokens(batch["image"])
+        # per-token mean keeps the logit scale independent of caption length
+        scores = maxsim_scores(q, q_mask, d, d_mask) / q_mask.sum(dim=1, keepdim=True).clamp(min=1)
+        labels = batch.get("labels")
+        labels = torch.arange(len(q), device=q.device) if labels is None else labels.to(q.device)
+        logits = scores / self.temperature
+        mask = (labels[:, None] == labels[None, :]) & ~torch.eye(len(q), dtype=torch.bool, device=q.device)
+        logits = logits.masked_fill(mask, float("-inf"))
+        target = torch.arange(len(q), device=q.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

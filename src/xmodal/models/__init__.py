@@ -17,6 +17,10 @@ def load_model(name_or_path: str, **kwargs):
         from .joint import JointModel
 
         return JointModel.from_pretrained(name_or_path, **kwargs)
+    if kind == "late":
+        from .late import LateInteractionEncoder
+
+        return LateInteractionEncoder.from_pretrained(name_or_path, **kwargs)
     if kind == "region-cross":
         from .regions import RegionCrossEncoder
 
