@@ -60,12 +60,18 @@ class RetrievalEvaluator:
     def _i2t_pos(self, a: int, b: int) -> np.ndarray:
         return self.caption_image[None, :] == np.arange(a, b)[:, None]
 
-    def embed(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Text and image embeddings of the split (each encoded once)."""
-        txt = np.asarray(model.encode_text(self.texts, batch_size=self.batch_size, show_progress=self.show_progress))
+    def embed(self, model: Any) -> tuple[Any, Any]:
+        """Text and image embeddings of the split (each encoded once).
+
+        Single-vector models give two ``(n, d)`` arrays; late-interaction models (whose ``encode_text``
+        returns one ``(t_i, d)`` array per text) give two lists of token/patch arrays.
+        """
+        txt = model.encode_text(self.texts, batch_size=self.batch_size, show_progress=self.show_progress)
         imgs = [self.dataset.images[i] for i in self.image_ids]
-        img = np.asarray(model.encode_image(imgs, batch_size=self.batch_size, show_progress=self.show_progress))
-        return txt.astype(np.float32), img.astype(np.float32)
+        img = model.encode_image(imgs, batch_size=self.batch_size, show_progress=self.show_progress)
+        if isinstance(txt, list):
+            return txt, list(img)
+        return np.asarray(txt, dtype=np.float32), np.asarray(img, dtype=np.float32)
 
     def __call__(self, model: Any = None, reranker: Any = None, depth: int | None = None) -> dict[str, float]:
         """Metrics dict. ``model`` alone: retrieve; + ``reranker`` and ``depth``: retrieve then rerank the top
@@ -83,8 +89,12 @@ class RetrievalEvaluator:
             i2t_rows = lambda a, b: t2i_full.T[a:b]  # noqa: E731
         else:
             txt, img = self.embed(model)
-            t2i_rows = lambda a, b: txt[a:b] @ img.T  # noqa: E731
-            i2t_rows = lambda a, b: img[a:b] @ txt.T  # noqa: E731
+            if isinstance(txt, list):  # late interaction: MaxSim, the query's tokens against each item's
+                t2i_rows = lambda a, b: np.asarray(model.similarity(txt[a:b], img))  # noqa: E731
+                i2t_rows = lambda a, b: np.asarray(model.similarity(img[a:b], txt))  # noqa: E731
+            else:
+                t2i_rows = lambda a, b: txt[a:b] @ img.T  # noqa: E731
+                i2t_rows = lambda a, b: img[a:b] @ txt.T  # noqa: E731
             if mode == "retrieve_rerank":
                 t2i_rows = self._reranked(t2i_rows, n_t, reranker, depth, text_queries=True)
                 i2t_rows = self._reranked(i2t_rows, n_i, reranker, depth, text_queries=False)
