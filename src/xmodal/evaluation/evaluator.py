@@ -89,9 +89,11 @@ class RetrievalEvaluator:
             i2t_rows = lambda a, b: t2i_full.T[a:b]  # noqa: E731
         else:
             txt, img = self.embed(model)
-            if isinstance(txt, list):  # late interaction: MaxSim, the query's tokens against each item's
+            if isinstance(txt, list):
+                # late interaction: one pair score, MaxSim with the text's tokens as the query side (as trained),
+                # read by rows for text->image and by columns for image->text
                 t2i_rows = lambda a, b: np.asarray(model.similarity(txt[a:b], img))  # noqa: E731
-                i2t_rows = lambda a, b: np.asarray(model.similarity(img[a:b], txt))  # noqa: E731
+                i2t_rows = lambda a, b: np.asarray(model.similarity(txt, img[a:b])).T  # noqa: E731
             else:
                 t2i_rows = lambda a, b: txt[a:b] @ img.T  # noqa: E731
                 i2t_rows = lambda a, b: img[a:b] @ txt.T  # noqa: E731
