@@ -78,9 +78,7 @@ def train(
 
         net = load_model(model)
     if store is not None:
-        if not hasattr(net.backbone, "features"):
-            raise InvalidInputError("--features is for region-feature models; this model reads pixels.")
-        net.attach_features(store)
+        net.attach_features(store)  # refuses pixel models with a clear InvalidInputError
     if loss not in LOSSES:
         raise InvalidInputError(f"unknown loss '{loss}'; choose from {sorted(LOSSES)}.")
     evaluator = RetrievalEvaluator(load_dataset(dataset, images=images, split=eval_split)) if eval_split else None
