@@ -40,6 +40,18 @@ def embed_pair(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, t
     return t, i, labels
 
 
+def symmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CLIP's loss on a (text x image) logit matrix whose diagonal holds the pairs, in both directions.
+
+    Duplicate images in a batch (same label): the other copies are masked out of the softmax, the diagonal kept.
+    """
+    same = labels[:, None] == labels[None, :]
+    mask = same & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(mask, float("-inf"))
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE (CLIP) with a learnable temperature; same-image captions are not negatives."""
 
@@ -56,13 +68,7 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         t, i, labels = embed_pair(self.model, batch)
-        logits = self.log_scale.exp().clamp(max=self.max_scale) * t @ i.T
-        same = labels[:, None] == labels[None, :]
-        # Duplicate images in a batch: mask the other copies out of the softmax, keep the diagonal.
-        mask = same & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
-        logits = logits.masked_fill(mask, float("-inf"))
-        target = torch.arange(len(t), device=t.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return symmetric_cross_entropy(self.log_scale.exp().clamp(max=self.max_scale) * t @ i.T, labels)
 
 
 class SigLIPLoss(nn.Module):
@@ -177,8 +183,4 @@ class MaxSimInfoNCELoss(nn.Module):
         scores = maxsim_scores(q, q_mask, d, d_mask) / q_mask.sum(dim=1, keepdim=True).clamp(min=1)
         labels = batch.get("labels")
         labels = torch.arange(len(q), device=q.device) if labels is None else labels.to(q.device)
-        logits = scores / self.temperature
-        mask = (labels[:, None] == labels[None, :]) & ~torch.eye(len(q), dtype=torch.bool, device=q.device)
-        logits = logits.masked_fill(mask, float("-inf"))
-        target = torch.arange(len(q), device=q.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return symmetric_cross_entropy(scores / self.temperature, labels)
