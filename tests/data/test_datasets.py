@@ -123,3 +123,76 @@ def test_webdataset(tmp_path):
 def test_load_dataset_rejects_unknown_format():
     with pytest.raises(InvalidInputError, match="FORMAT:PATH"):
         load_dataset("parquet:x")
+
+
+# ---- issue 19: one-line errors instead of tracebacks, before anything is encoded
+@pytest.mark.parametrize("record, match", [
+    ({"filename": "a.jpg", "sentences": 5}, "sentences must be a non-empty list"),
+    ({"filename": "a.jpg", "sentences": []}, "sentences must be a non-empty list"),
+    ({"filename": 17, "sentences": [{"raw": "a cat"}]}, "filename must be a file name"),
+    ({"filename": "a.jpg", "filepath": 3, "sentences": [{"raw": "a cat"}]}, "filepath must be text"),
+])
+def test_karpathy_bad_field_types_are_one_line_errors(tmp_path, record, match):
+    path = karpathy(tmp_path, [record])
+    with pytest.raises(DatasetFormatError, match=match):
+        read_karpathy(path, split="test")
+
+
+def test_karpathy_latin1_file_is_a_format_error(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_bytes('{"images": [{"filename": "caf\u00e9.jpg", "sentences": [{"raw": "x"}]}]}'.encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match="not UTF-8"):
+        read_karpathy(path)
+
+
+def test_csv_with_utf8_bom_is_accepted(tmp_path):
+    (tmp_path / "pairs.csv").write_bytes("image,caption\na.png,a red square\n".encode("utf-8-sig"))
+    ds = read_csv(tmp_path / "pairs.csv")
+    assert ds.image_ids == ["a.png"] and ds.captions[0].text == "a red square"
+
+
+def test_csv_latin1_is_a_format_error(tmp_path):
+    (tmp_path / "pairs.csv").write_bytes("image,caption\nb.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match="not UTF-8"):
+        read_csv(tmp_path / "pairs.csv")
+
+
+def _tar(path, members, fmt=tarfile.PAX_FORMAT, mode="w"):
+    with tarfile.open(path, mode, format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_webdataset_members_starting_with_dot_slash(tmp_path):
+    shard = _tar(tmp_path / "s.tar", [("./s1.jpg", png_bytes()), ("./s1.txt", b"a red square"),
+                                      ("./sub/s2.png", png_bytes("blue")), ("./sub/s2.txt", b"blue")])
+    ds = read_webdataset([shard])
+    assert ds.image_ids == ["s1", "sub/s2"] and [c.text for c in ds.captions] == ["a red square", "blue"]
+
+
+def test_webdataset_images_stay_on_disk_and_keys_follow_webdataset(tmp_path):
+    from xmodal.data import open_image
+    from xmodal.data.shards import TarMember
+
+    shard = _tar(tmp_path / "s.tar", [("a.b.jpg", png_bytes("green")), ("a.b.txt", b"green")])
+    ds = read_webdataset([shard])
+    assert ds.image_ids == ["a"]  # webdataset's key: up to the first dot of the name
+    src = ds.images["a"]
+    assert isinstance(src, TarMember)  # not the bytes: the shard is not held in memory
+    assert open_image(src).getpixel((0, 0)) == (0, 128, 0)
+    gz = _tar(tmp_path / "s.tar.gz", [("x.png", png_bytes("blue")), ("x.txt", b"blue")], mode="w:gz")
+    ds = read_webdataset([gz])  # compressed shards: offsets are not file offsets, so the bytes are kept
+    assert open_image(ds.images["x"]).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_webdataset_keys_are_the_same_for_the_encoder(tmp_path):
+    from xmodal.data.shards import iter_samples
+    from xmodal.distributed.encode import Shard, _samples
+
+    shard = _tar(tmp_path / "s.tar", [("./k.1.jpg", png_bytes()), ("./k.1.txt", b"red"), ("./m.png", png_bytes())])
+    assert [sid for sid, _, _ in _samples(Shard(name="s", tar=shard))] == ["k", "m"] == [
+        s["__key__"] for s in iter_samples(shard)]
+    assert read_webdataset([_tar(tmp_path / "t.tar", [("./k.1.jpg", png_bytes()), ("./k.1.txt", b"red")])]).image_ids == ["k"]

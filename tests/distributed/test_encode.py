@@ -60,7 +60,7 @@ def test_local_engine_reports_failures_and_resumes(shards, tiny_model, tmp_path)
     out = tmp_path / "emb"
     report = encode_collection(shards, tiny_model, out, engine="local", show_progress=False)
     assert (report.shards_total, report.shards_done) == (4, 3)
-    assert [f["shard"] for f in report.shards_failed] == ["shard-003"] and "ReadError" in report.shards_failed[0]["error"]
+    assert [f["shard"] for f in report.shards_failed] == ["shard-003"] and "not a readable tar" in report.shards_failed[0]["error"]
     assert report.images_encoded == 9 and [f["id"] for f in report.images_failed] == ["broken"]
     check_outputs(out, tiny_model)
     again = encode_collection(shards, tiny_model, out, engine="local", show_progress=False)

@@ -13,12 +13,11 @@ import binascii
 import csv
 import glob
 import json
-import tarfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetFormatError, InvalidInputError
-from .images import IMAGE_SUFFIXES, find_images
+from .images import find_images
 from .types import Caption, ImageTextDataset
 
 
@@ -29,6 +28,8 @@ def _load_json(path: Path) -> Any:
         raise DatasetFormatError(f"dataset file not found: '{path}'.") from e
     except json.JSONDecodeError as e:
         raise DatasetFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8.") from e
 
 
 def read_karpathy(path: str | Path, images_dir: str | Path | None = None, split: str = "test",
@@ -51,6 +52,15 @@ def read_karpathy(path: str | Path, images_dir: str | Path | None = None, split:
             raise DatasetFormatError(f"{path}: images[{n}] lacks 'filename' or 'sentences'.")
         if rec.get("split", "test") not in splits:
             continue
+        # Validate every field here, before anything is encoded: a bad record found after an hour of
+        # encoding wastes the hour.
+        if not isinstance(rec["filename"], str) or not rec["filename"].strip():
+            raise DatasetFormatError(f"{path}: images[{n}].filename must be a file name (text); got {rec['filename']!r}.")
+        if rec.get("filepath") is not None and not isinstance(rec["filepath"], str):
+            raise DatasetFormatError(f"{path}: images[{n}].filepath must be text; got {rec['filepath']!r}.")
+        if not isinstance(rec["sentences"], list) or not rec["sentences"]:
+            raise DatasetFormatError(f"{path}: images[{n}].sentences must be a non-empty list of "
+                                     f"{{\"raw\": caption}} objects; got {rec['sentences']!r:.60}.")
         rel = f"{rec['filepath']}/{rec['filename']}" if rec.get("filepath") else rec["filename"]
         if rel in images:
             raise DatasetFormatError(f"{path}: images[{n}] repeats image '{rel}'.")
@@ -76,11 +86,16 @@ def read_csv(path: str | Path, images_dir: str | Path | None = None, image_col: 
     delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     images: dict[str, Any] = {}
     captions: list[Caption] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet programs start CSVs with a byte-order mark, which would glue onto the first header
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter=delim)
-        if reader.fieldnames is None or image_col not in reader.fieldnames or caption_col not in reader.fieldnames:
-            raise DatasetFormatError(f"{path}:1: header must name columns '{image_col}' and '{caption_col}'; got {reader.fieldnames}.")
-        for row in reader:
+        try:
+            fields = reader.fieldnames
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(f"{path}: not UTF-8 text ({e.reason}); save the file as UTF-8.") from e
+        if fields is None or image_col not in fields or caption_col not in fields:
+            raise DatasetFormatError(f"{path}:1: header must name columns '{image_col}' and '{caption_col}'; got {fields}.")
+        for row in _rows(reader, path):
             line = reader.line_num
             img, cap = (row.get(image_col) or "").strip(), (row.get(caption_col) or "").strip()
             if not img or not cap or None in row:
@@ -88,6 +103,18 @@ def read_csv(path: str | Path, images_dir: str | Path | None = None, image_col: 
             images.setdefault(img, root / img)
             captions.append(Caption(cap, img))
     return ImageTextDataset(images, captions, name=name or path.stem, split=split)
+
+
+def _rows(reader: Any, path: Path) -> Any:
+    """The reader's rows, turning a decoding error into a DatasetFormatError naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(f"{path}:{reader.line_num + 1}: not UTF-8 text ({e.reason}); save the file as UTF-8.") from e
+        yield row
 
 
 def read_folder(folder: str | Path, name: str | None = None, split: str = "all") -> ImageTextDataset:
@@ -172,39 +199,52 @@ def read_multi30k(caption_files: dict[str, str | Path], image_list: str | Path, 
 
 
 def read_webdataset(shards: str | Sequence[str], name: str = "webdataset", split: str = "all") -> ImageTextDataset:
-    """webdataset tar shards: members ``KEY.jpg|png|webp`` + ``KEY.txt`` (caption) or ``KEY.json`` (``caption``/``captions``)."""
+    """webdataset tar shards: members ``KEY.jpg|png|webp`` + ``KEY.txt`` (caption) or ``KEY.json`` (``caption``/``captions``).
+
+    Shards are streamed (``xmodal.data.shards``, keys by webdataset's rules); images of uncompressed
+    shards stay on disk as ``TarMember`` references until they are opened.
+    """
+    from .shards import image_ext, iter_samples
+
     paths = sorted(glob.glob(shards)) if isinstance(shards, str) else list(shards)
     if not paths:
         raise DatasetFormatError(f"no shards match '{shards}'.")
     images: dict[str, Any] = {}
     captions: list[Caption] = []
     for shard in paths:
-        try:
-            tar = tarfile.open(shard)
-        except (tarfile.TarError, OSError) as e:
-            raise DatasetFormatError(f"{shard}: not a readable tar shard ({e}).") from e
-        samples: dict[str, dict[str, bytes]] = {}
-        with tar:
-            for m in tar.getmembers():
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                samples.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
-        for key, parts in samples.items():
-            img_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
+        for sample in iter_samples(shard, lazy_images=True):
+            key = sample["__key__"]
+            img_ext = image_ext(sample)
             if img_ext is None:
                 raise DatasetFormatError(f"{shard}: sample '{key}' has no image member.")
-            texts: list[str] = []
-            if "txt" in parts:
-                texts = [t for t in parts["txt"].decode("utf-8").splitlines() if t.strip()]
-            elif "json" in parts:
-                meta = json.loads(parts["json"])
-                texts = meta.get("captions") or ([meta["caption"]] if "caption" in meta else [])
+            texts = _sample_captions(shard, key, sample)
             if not texts:
                 raise DatasetFormatError(f"{shard}: sample '{key}' has no caption (.txt or .json).")
-            images[key] = parts[img_ext]
+            if key in images:
+                raise DatasetFormatError(f"{shard}: sample '{key}' appears twice (members of a sample must be adjacent).")
+            images[key] = sample[img_ext]
             captions += [Caption(t.strip(), key) for t in texts]
     return ImageTextDataset(images, captions, name=name, split=split)
+
+
+def _sample_captions(shard: str, key: str, sample: dict[str, Any]) -> list[str]:
+    from .shards import find_field
+
+    txt, js = find_field(sample, ("txt",)), find_field(sample, ("json",))
+    try:
+        if txt is not None:
+            return [t for t in sample[txt].decode("utf-8").splitlines() if t.strip()]
+        if js is not None:
+            meta = json.loads(sample[js])
+            texts = (meta.get("captions") or ([meta["caption"]] if "caption" in meta else [])) if isinstance(meta, dict) else []
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise DatasetFormatError(f"{shard}: sample '{key}': 'caption'/'captions' must be text or a list of texts.")
+            return [t for t in texts if t.strip()]
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{shard}: sample '{key}': caption is not UTF-8 text ({e.reason}).") from e
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{shard}: sample '{key}': .json member is not valid JSON ({e.msg}).") from e
+    return []
 
 
 READERS = {"karpathy": read_karpathy, "csv": read_csv, "tsv": read_csv, "folder": read_folder,

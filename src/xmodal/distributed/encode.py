@@ -3,7 +3,7 @@
 Unit of work = one input shard (a webdataset tar, or a slice of a folder/CSV). Each shard's output is
 ``EMB_DIR/<shard>.parquet``, written atomically, so a re-run skips finished shards (resume). Columns:
 
-- ``id`` (string): the tar member name without extension, or the image path relative to the folder/CSV;
+- ``id`` (string): the webdataset sample key (``xmodal.data.shards``: member path up to the first dot of its name), or the image path relative to the folder/CSV;
 - ``embedding``: ``fixed_size_list<float32, d>`` (one vector per image), or, for a late-interaction
   encoder, ``list<fixed_size_list<float32, d>>`` (one patch vector per row of the list: multi-vector);
 - ``signature`` (folder/CSV sources only): ``[size, mtime_ns]`` of the image file, the same signature
@@ -28,7 +28,6 @@ import glob
 import hashlib
 import json
 import os
-import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..data.images import IMAGE_SUFFIXES, find_images, open_image
+from ..data.images import find_images, open_image
 from ..errors import InvalidInputError
 
 REPORT = "_report.json"
@@ -133,10 +132,13 @@ def source_root(source: str | Path) -> str | None:
 def _samples(shard: Shard) -> Iterator[tuple[str, Any, list[int] | None]]:
     """(id, image bytes or path, file signature or None) per image; raises if the shard itself is unreadable."""
     if shard.tar:
-        with tarfile.open(shard.tar) as tar:  # a corrupt tar raises here: the whole shard fails
-            for m in tar.getmembers():
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield m.name.rsplit(".", 1)[0], tar.extractfile(m).read(), None
+        from ..data.shards import image_ext, iter_samples
+
+        # streamed, one sample at a time, keyed like read_webdataset; a corrupt tar raises: the shard fails
+        for sample in iter_samples(shard.tar):
+            ext = image_ext(sample)
+            if ext is not None:
+                yield sample["__key__"], sample[ext], None
     else:
         for rel in shard.files or []:
             full = os.path.join(shard.root, rel)
