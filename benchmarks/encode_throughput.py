@@ -153,7 +153,7 @@ def main() -> None:
                 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
                 ray.data.DataContext.get_current().enable_progress_bars = False
                 ray_init_s = time.perf_counter() - t_ray
-            report = encode_collection(pattern, str(model_dir), out, engine=engine, batch_size=args.batch_size,
+            report = encode_collection(pattern, str(model_dir), out, executor=engine, batch_size=args.batch_size,
                                        show_progress=False, **kw)
             if engine == "ray":
                 ray.shutdown()

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,41 +27,10 @@ from .data.images import find_images, open_image
 from .errors import IndexNotFoundError, InvalidInputError, XmodalError
 from .indexes import load_index
 from .indexes.manifest import MANIFEST_NAME
+from .indexes.registry import get_engine
 
 COLLECTION_FILE = "collection.json"
 BUILD_DIR = ".build"
-
-# engine name -> factory(dim, model_id, folder, **options) -> Index. Scale-out backends add themselves here.
-ENGINE_FACTORIES: dict[str, Callable[..., Any]] = {}
-
-
-def _faiss_factory(dim: int, model_id: str, folder: Path, kind: str = "flat", **options: Any) -> Any:
-    from .indexes.faiss_index import FaissIndex
-
-    return FaissIndex(dim, kind=kind, model_id=model_id, **options)
-
-
-def _late_factory(dim: int, model_id: str, folder: Path, nbits: int | None = 2, **options: Any) -> Any:
-    from .indexes.multivector import MultiVectorIndex
-
-    return MultiVectorIndex(dim, nbits=nbits, model_id=model_id, **options)
-
-
-def _milvus_factory(dim: int, model_id: str, folder: Path, uri: str | None = None, collection: str = "xmodal",
-                    **options: Any) -> Any:
-    from .indexes.milvus import LITE_FILE, MilvusIndex
-
-    # Default: Milvus Lite in a file inside the index folder; pass uri="http://host:19530" for a cluster.
-    if uri is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        uri = str((folder / LITE_FILE).resolve())
-    return MilvusIndex(dim, uri=uri, collection=collection, model_id=model_id, **options)
-
-
-ENGINE_FACTORIES["faiss"] = _faiss_factory
-ENGINE_FACTORIES["milvus"] = _milvus_factory
-ENGINE_FACTORIES["late-interaction"] = _late_factory
-
 
 @dataclass
 class BuildReport:
@@ -95,6 +64,13 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_collection_info(folder: str | Path, *, root: str | Path, model: str | None, engine: str,
+                         failed: list | None = None) -> None:
+    """Write ``collection.json`` (image root, model, engine, unreadable files): the folder becomes a collection."""
+    _write_json_atomic(Path(folder) / COLLECTION_FILE, {"root": str(root), "model": model, "engine": engine,
+                                                        "failed": list(failed or [])})
+
+
 def _load_chunks(build_dir: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
     """id -> (vector, signature) from the saved chunks of an interrupted run."""
     done: dict[str, tuple[np.ndarray, list[int]]] = {}
@@ -126,14 +102,12 @@ def build_collection(
 
     Args:
         model: a ``DualEncoder`` or a name/path for ``DualEncoder.from_pretrained``.
-        engine: index backend (``"faiss"``, or one registered in ``ENGINE_FACTORIES``).
+        engine: index backend: a name in the engine table ``xmodal.indexes.registry.ENGINES`` (default faiss).
         chunk_size: images encoded between two saves of resume state.
         workers: threads decoding images in parallel with encoding.
         stop_after: stop (as if interrupted) after this many chunks; for tests of resuming.
         index_options: passed to the engine factory, e.g. ``kind="hnsw"`` for FAISS.
     """
-    from .models.dual import DualEncoder
-
     t_start = time.perf_counter()
     image_dir, out = Path(image_dir).resolve(), Path(out)
     model_name = model if isinstance(model, str) else getattr(model, "model_id", None)
@@ -150,9 +124,7 @@ def build_collection(
     if (out / MANIFEST_NAME).exists():  # an earlier complete run: update it
         index = load_index(out, model_id=model.model_id, dimension=model.embedding_dim)
     else:
-        if engine not in ENGINE_FACTORIES:
-            raise InvalidInputError(f"unknown index engine '{engine}'; available: {sorted(ENGINE_FACTORIES)}.")
-        index = ENGINE_FACTORIES[engine](model.embedding_dim, model.model_id, out, **index_options)
+        index = get_engine(engine).create(model.embedding_dim, model.model_id, out, **index_options)
     indexed = {i: index.metadata(i) for i in index.ids()}
 
     # What changed since the last run: ids whose file is gone or whose size/mtime differ.
@@ -163,8 +135,7 @@ def build_collection(
 
     build_dir = out / BUILD_DIR
     build_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / COLLECTION_FILE, {"root": str(image_dir), "model": model_name, "engine": index.engine,
-                                               "failed": []})
+    save_collection_info(out, root=image_dir, model=model_name, engine=index.engine)
     resumed = {i: v for i, v in _load_chunks(build_dir).items() if i in current and v[1] == sigs[i]}
     report.resumed = sum(1 for rel in todo if rel in resumed)
     to_encode = [rel for rel in todo if rel not in resumed]
@@ -203,8 +174,7 @@ def build_collection(
         index.add(new_ids, np.stack([encoded[r][0] for r in new_ids]),
                   metadata=[{"path": r, "signature": encoded[r][1]} for r in new_ids])
     report.added = len(new_ids)
-    _write_json_atomic(out / COLLECTION_FILE, {"root": str(image_dir), "model": model_name, "engine": index.engine,
-                                               "failed": report.failed})
+    save_collection_info(out, root=image_dir, model=model_name, engine=index.engine, failed=report.failed)
     index.save(out)
     for f in build_dir.glob("*"):
         f.unlink()
@@ -264,14 +234,10 @@ class Collection:
 
 
 def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None) -> Any:
-    """The encoder an engine needs: token/patch vectors for late interaction, single vectors otherwise."""
-    if engine == "late-interaction":
-        from .models.late import LateInteractionEncoder
+    """The encoder an index engine needs: the model's own class, in the role (single/multi-vector) of the engine."""
+    from .models import load_model
 
-        return LateInteractionEncoder.from_pretrained(name, device=device)
-    from .models.dual import DualEncoder
-
-    return DualEncoder.from_pretrained(name, device=device)
+    return load_model(name, role=get_engine(engine).role, device=device)
 
 
 def _contains(index: Any, item_id: str) -> bool:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from xmodal.distributed import encode_collection, read_embedding_shards
-from xmodal.indexes.autoindex import build_from_embeddings, choose_index
+from xmodal.distributed.embeddings import build_from_embeddings
+from xmodal.indexes.autoindex import choose_index
 
 
 def png(colour) -> bytes:
@@ -58,12 +59,12 @@ def check_outputs(out, tiny_model):
 
 def test_local_engine_reports_failures_and_resumes(shards, tiny_model, tmp_path):
     out = tmp_path / "emb"
-    report = encode_collection(shards, tiny_model, out, engine="local", show_progress=False)
+    report = encode_collection(shards, tiny_model, out, executor="local", show_progress=False)
     assert (report.shards_total, report.shards_done) == (4, 3)
     assert [f["shard"] for f in report.shards_failed] == ["shard-003"] and "not a readable tar" in report.shards_failed[0]["error"]
     assert report.images_encoded == 9 and [f["id"] for f in report.images_failed] == ["broken"]
     check_outputs(out, tiny_model)
-    again = encode_collection(shards, tiny_model, out, engine="local", show_progress=False)
+    again = encode_collection(shards, tiny_model, out, executor="local", show_progress=False)
     assert again.shards_skipped == 3 and again.shards_done == 0 and len(again.shards_failed) == 1  # retried, still bad
     saved = json.loads((out / "_report.json").read_text())
     assert saved["shards_failed"][0]["shard"] == "shard-003" and len(saved["earlier_runs"]) == 1
@@ -71,7 +72,7 @@ def test_local_engine_reports_failures_and_resumes(shards, tiny_model, tmp_path)
 
 def test_ray_engine_matches_local(shards, tiny_model_dir, tiny_model, tmp_path, ray_session):
     out = tmp_path / "emb-ray"
-    report = encode_collection(shards, str(tiny_model_dir), out, engine="ray", num_actors=2, show_progress=False)
+    report = encode_collection(shards, str(tiny_model_dir), out, executor="ray", num_actors=2, show_progress=False)
     assert report.shards_done == 3 and len(report.shards_failed) == 1 and report.images_encoded == 9
     assert len(report.images_failed) == 1
     check_outputs(out, tiny_model)
@@ -81,7 +82,7 @@ def test_ray_engine_writes_multi_vector_shards(image_folder, tiny_model_dir, tmp
     from xmodal.models.late import LateInteractionEncoder
 
     out = tmp_path / "emb-late"
-    report = encode_collection(image_folder, str(tiny_model_dir), out, engine="ray", num_actors=2, images_per_shard=5,
+    report = encode_collection(image_folder, str(tiny_model_dir), out, executor="ray", num_actors=2, images_per_shard=5,
                                late_interaction=True, show_progress=False)
     assert report.shards_done == 3 and report.images_encoded == 12 and [f["id"] for f in report.images_failed] == ["broken.jpg"]
     late = LateInteractionEncoder.from_pretrained(tiny_model_dir)  # what each actor loaded

@@ -18,7 +18,9 @@ from xmodal.collection import build_collection, open_collection
 from xmodal.distributed import encode_collection, read_embedding_shards
 from xmodal.distributed.encode import shard_metadata
 from xmodal.errors import InvalidInputError
-from xmodal.indexes.autoindex import build_from_embeddings, choose_multivector, inspect_embeddings
+from xmodal.distributed.embeddings import build_from_embeddings, inspect_embeddings
+from xmodal.indexes.autoindex import choose_multivector
+from xmodal.pipelines import index_from_embeddings
 from xmodal.indexes.multivector import MultiVectorIndex, exact_maxsim_topk
 from xmodal.models.late import LateInteractionEncoder
 
@@ -178,7 +180,7 @@ def test_index_from_shards_then_incremental_update(counting_encoder, engine, tin
     late = engine == "late-interaction"
     encode_collection(image_folder, str(tiny_model_dir), tmp_path / "emb", images_per_shard=5, late_interaction=late,
                       show_progress=False)
-    index, _ = build_from_embeddings(tmp_path / "emb", tmp_path / "idx", engine=engine)
+    index, _ = index_from_embeddings(tmp_path / "emb", tmp_path / "idx", engine=engine)  # index + collection.json
     assert len(index) == 12 and index.engine == engine
     if engine == "milvus":
         index.close()

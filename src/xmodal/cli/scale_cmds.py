@@ -12,7 +12,9 @@ def encode(
     input: str = typer.Option(..., "--input", "-i", help="webdataset shards ('shards-*.tar'), an image folder, or a CSV with an 'image' column."),
     model: str = typer.Option(..., "--model", "-m"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for <shard>.parquet embedding shards and _report.json."),
-    engine: str = typer.Option("local", help="local (one process) or ray (actor pool: one per GPU, else CPU actors)"),
+    executor: str = typer.Option("local", "--executor", "--engine",
+                                 help="local (one process) or ray (actor pool: one per GPU, else CPU actors). "
+                                      "--engine is the old, deprecated name of this option."),
     batch_size: int = typer.Option(64),
     images_per_shard: int = typer.Option(1000, help="For folders/CSVs: images per output shard."),
     actors: Optional[int] = typer.Option(None, help="Ray CPU actors (default: CPUs)."),
@@ -28,7 +30,7 @@ def encode(
         import ray
 
         ray.init(address=ray_address, ignore_reinit_error=True)
-    report = encode_collection(input, model, out, engine=engine, batch_size=batch_size,
+    report = encode_collection(input, model, out, executor=executor, batch_size=batch_size,
                                images_per_shard=images_per_shard, max_retries=retries, num_actors=actors,
                                late_interaction=late_interaction, decode_workers=decode_workers)
     typer.echo(report.summary())

@@ -38,8 +38,6 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
-    from ..collection import COLLECTION_FILE, build_collection
-
     if (image_dir is None) == (from_embeddings is None):
         raise InvalidInputError("give either an IMAGE_DIR or --from-embeddings EMB_DIR (one of the two).")
     if from_embeddings is not None:
@@ -47,20 +45,11 @@ def index(
                                     memory_budget_mb=memory_budget_mb, nbits=nbits, milvus_uri=milvus_uri,
                                     milvus_collection=milvus_collection, overwrite=overwrite)
         return
-    engine = engine or "faiss"
-    if model is None:
-        if not (out / COLLECTION_FILE).exists():
-            raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
-        model = json.loads((out / COLLECTION_FILE).read_text()).get("model")
-        if not model:
-            raise InvalidInputError(f"the index at '{out}' does not record a loadable model; pass --model.")
-    options: dict = {"kind": kind or "flat"} if engine == "faiss" else {}
-    if engine == "late-interaction":
-        options = {"nbits": 2 if nbits is None else (nbits or None)}
-    if engine == "milvus":
-        options = {"collection": milvus_collection, **({"uri": milvus_uri} if milvus_uri else {})}
-    report = build_collection(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
-                              show_progress=not quiet, **options)
+    from ..pipelines import index_folder
+
+    report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
+                          collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
+                          show_progress=not quiet)
     typer.echo(report.summary())
     if report.failed:
         typer.echo(f"skipped {len(report.failed)} unreadable files:", err=True)
@@ -72,16 +61,15 @@ def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str],
                                 nbits: Optional[int] = None, milvus_uri: Optional[str] = None,
                                 milvus_collection: str = "xmodal", overwrite: bool = False) -> None:
     """Shared by `xmodal index --from-embeddings` and `xmodal index-embeddings`: build, then print the choice."""
-    from ..collection import COLLECTION_FILE
-    from ..indexes.autoindex import build_from_embeddings
+    from ..pipelines import index_from_embeddings
 
-    index, choice = build_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb,
-                                          nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite)
-    typer.echo(f"index '{out}': {len(index)} items, engine={index.engine}, index {choice.describe()}")
-    if (out / COLLECTION_FILE).exists():
+    built = index_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb,
+                                  nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite)
+    typer.echo(built.summary(out))
+    if built.collection:
         typer.echo(f"ids are image paths: `xmodal search {out} ...` works, and `xmodal index IMAGE_DIR --out {out}` "
                    "updates it incrementally.")
-    close = getattr(index, "close", None)
+    close = getattr(built.index, "close", None)
     if close is not None:
         close()
 

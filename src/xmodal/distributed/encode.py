@@ -259,18 +259,20 @@ def _run_with_retries(fn: Any, shard: Shard, max_retries: int) -> dict[str, Any]
     return {"shard": shard.name, "count": 0, "failed": [], "error": err}
 
 
-def encode_collection(source: str | Path, model: Any, out_dir: str | Path, engine: str = "local", batch_size: int = 64,
+def encode_collection(source: str | Path, model: Any, out_dir: str | Path, executor: str = "local", batch_size: int = 64,
                       images_per_shard: int = 1000, max_retries: int = 1, num_actors: int | None = None,
-                      late_interaction: bool = False, decode_workers: int = 0, show_progress: bool = True) -> EncodeReport:
+                      late_interaction: bool = False, decode_workers: int = 0, show_progress: bool = True,
+                      engine: str | None = None) -> EncodeReport:
     """Encode every image of ``source`` into embedding shards under ``out_dir`` (see module docstring).
 
-    ``model``: a name/folder (each Ray actor loads its own copy) or, for ``engine="local"``, a loaded encoder.
-    ``engine="ray"`` runs shards in a Ray Data actor pool: one actor per GPU when there are GPUs, else
+    ``model``: a name/folder (each Ray actor loads its own copy) or, for ``executor="local"``, a loaded encoder.
+    ``executor="ray"`` runs shards in a Ray Data actor pool: one actor per GPU when there are GPUs, else
     ``num_actors`` CPU actors (default: the CPUs Ray sees, at most the number of shards).
     ``late_interaction``: load the model named by ``model`` as a ``LateInteractionEncoder`` and write
     multi-vector shards (patch vectors per image); a loaded late-interaction encoder does so by itself.
     ``decode_workers``: threads decoding images ahead of the encoder, per process/actor (0: decode inline).
     A Ray actor reserves ``max(1, decode_workers)`` CPUs.
+    ``engine``: deprecated name of ``executor`` ("engine" now only means the index backend).
     """
     from tqdm.auto import tqdm
 
@@ -283,16 +285,18 @@ def encode_collection(source: str | Path, model: Any, out_dir: str | Path, engin
         raise InvalidInputError("two input shards have the same file name; outputs would collide.")
     model_name = _model_name(model)
     late_interaction = late_interaction or (not isinstance(model, (str, Path)) and is_multi_vector(model))
-    if engine not in ("local", "ray"):
-        raise InvalidInputError(f"unknown engine '{engine}'; use 'local' or 'ray'.")
-    if engine == "ray" and model_name is None:
-        raise InvalidInputError("engine='ray' needs the model as a name or folder (each actor loads its own copy).")
-    encoder = None
-    if engine == "local":
-        from ..collection import load_encoder
+    if engine is not None:
+        import warnings
 
-        encoder = (load_encoder(model, "late-interaction" if late_interaction else "faiss")
-                   if isinstance(model, (str, Path)) else model)
+        warnings.warn("encode_collection(engine=...) is deprecated; use executor=...", DeprecationWarning, stacklevel=2)
+        executor = engine
+    if executor not in ("local", "ray"):
+        raise InvalidInputError(f"unknown executor '{executor}'; use 'local' or 'ray'.")
+    if executor == "ray" and model_name is None:
+        raise InvalidInputError("executor='ray' needs the model as a name or folder (each actor loads its own copy).")
+    encoder = None
+    if executor == "local":
+        encoder = _load(model, late_interaction) if isinstance(model, (str, Path)) else model
     model_id = getattr(encoder, "model_id", None)
     previous = json.loads((out / REPORT).read_text()) if (out / REPORT).exists() else {}
     _check_same_model(out, previous, model_name, model_id, late_interaction)
@@ -328,6 +332,13 @@ def encode_collection(source: str | Path, model: Any, out_dir: str | Path, engin
                                           "root": source_root(source), "earlier_runs": earlier},
                                          indent=1, default=str))
     return report
+
+
+def _load(name: str | Path, late_interaction: bool, device: str | None = None) -> Any:
+    """The encoder for a model name: token/patch vectors for multi-vector shards, one vector otherwise."""
+    from ..models import load_model
+
+    return load_model(name, role="multi-vector" if late_interaction else "single-vector", device=device)
 
 
 def _model_name(model: Any) -> str | None:
@@ -376,7 +387,6 @@ def _encode_with_ray(shards: list[Shard], model_name: str, out: Path, batch_size
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus_each = max(1, decode_workers)
     actors = max(1, min(len(shards), gpus or num_actors or int(ray.cluster_resources().get("CPU", 1)) // cpus_each))
-    engine = "late-interaction" if late_interaction else "faiss"
 
     class ShardEncoder:
         """A Ray actor: loads the model once, then encodes whole shards."""
@@ -384,11 +394,9 @@ def _encode_with_ray(shards: list[Shard], model_name: str, out: Path, batch_size
         def __init__(self) -> None:
             import torch
 
-            from ..collection import load_encoder
-
             if not gpus:
                 torch.set_num_threads(1)  # one thread per actor: the actors are the parallelism
-            self.model = load_encoder(model_name, engine, device="cuda" if gpus else None)
+            self.model = _load(model_name, late_interaction, device="cuda" if gpus else None)
 
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
             rows = []

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .base import as_float32_matrix, check_k, check_new_ids
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
+from .sizing import ivf_nlist
 
 try:
     import faiss
@@ -108,7 +109,7 @@ class FaissIndex:
             return faiss.IndexIDMap2(base)
         # IVF-PQ: choose sizes from the data when not given (about 4*sqrt(n) lists, >= 39 points per list).
         n = len(train_vectors)
-        nlist = p["nlist"] or int(max(1, min(4 * np.sqrt(n), n // 39)))
+        nlist = p["nlist"] or ivf_nlist(n)
         pq_m = p["pq_m"] or _largest_divisor_at_most(self.dim, max(1, self.dim // 4))
         if self.dim % pq_m:
             raise InvalidInputError(f"pq_m={pq_m} must divide the dimension {self.dim}.")

@@ -199,3 +199,17 @@ class MilvusIndex:
 
     def close(self) -> None:
         self.client.close()
+
+
+def create(dim: int, model_id: str | None, folder: Path, uri: str | None = None, collection: str = "xmodal",
+           **options: Any) -> MilvusIndex:
+    """Engine factory: default a Milvus Lite file inside the index folder; ``uri="http://host:19530"`` for a cluster."""
+    return MilvusIndex(dim, uri=lite_uri(folder) if uri is None else uri, collection=collection, model_id=model_id,
+                       **options)
+
+
+def lite_uri(folder: str | Path) -> str:
+    """The Milvus Lite database file of an index folder (the folder is made if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str((folder / LITE_FILE).resolve())

@@ -25,6 +25,7 @@ from ..errors import CorruptIndexError, IndexMismatchError, InvalidInputError
 from .base import check_k, check_new_ids
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .maxsim import maxsim, pad
+from .sizing import plaid_centroids
 
 ENGINE = "late-interaction"
 
@@ -113,7 +114,7 @@ class MultiVectorIndex:
         p = self.params
         rng = np.random.default_rng(p["seed"])
         sample = tokens if len(tokens) <= p["max_train_tokens"] else tokens[rng.choice(len(tokens), p["max_train_tokens"], replace=False)]
-        k = p["n_centroids"] or int(2 ** np.floor(np.log2(max(2.0, 4 * np.sqrt(len(tokens))))))
+        k = p["n_centroids"] or plaid_centroids(len(tokens))
         k = int(min(k, len(sample)))
         km = faiss.Kmeans(self.dim, k, niter=p["kmeans_iters"], seed=p["seed"], spherical=True, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=10_000)
@@ -343,3 +344,8 @@ def exact_maxsim_topk(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray],
     d, dm = pad(docs)
     s = maxsim(q, qm, d, dm, doc_chunk=512)
     return torch.topk(s, k, dim=1).indices.numpy()
+
+
+def create(dim: int, model_id: str | None, folder: Path, nbits: int | None = 2, **options: Any) -> MultiVectorIndex:
+    """Engine factory: ``nbits=0`` (as on the command line) means uncompressed, like ``None``."""
+    return MultiVectorIndex(dim, nbits=nbits or None, model_id=model_id, **options)

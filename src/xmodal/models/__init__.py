@@ -6,11 +6,21 @@ from .loading import load_backbone
 from .tiny import build_tiny_model
 
 
-def load_model(name_or_path: str, **kwargs):
-    """Load any saved xmodal model by the ``kind`` in its ``xmodal.json`` (dual by default)."""
+def load_model(name_or_path: str, role: str | None = None, **kwargs):
+    """Load any saved xmodal model by the ``kind`` in its ``xmodal.json`` (dual by default).
+
+    ``role``: what the caller needs from it: ``"multi-vector"`` (token/patch vectors, e.g. for a
+    late-interaction index), ``"single-vector"`` (one vector per item), or None (the model's own kind).
+    """
     import json
     from pathlib import Path
 
+    if role == "multi-vector":
+        from .late import LateInteractionEncoder
+
+        return LateInteractionEncoder.from_pretrained(name_or_path, **kwargs)
+    if role == "single-vector":
+        return DualEncoder.from_pretrained(name_or_path, **kwargs)
     cfg = Path(str(name_or_path)) / "xmodal.json"
     kind = json.loads(cfg.read_text()).get("kind", "dual") if cfg.exists() else "dual"
     if kind == "joint":

@@ -1,0 +1,85 @@
+"""``index_folder`` and ``index_from_embeddings``: what ``xmodal index`` does, as library calls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..collection import COLLECTION_FILE, BuildReport, build_collection, save_collection_info
+from ..errors import InvalidInputError
+from ..indexes.registry import default_engine, get_engine
+
+
+def recorded_model(out: str | Path) -> str:
+    """The model an existing collection was built with (to update it without naming the model again)."""
+    cfile = Path(out) / COLLECTION_FILE
+    if not cfile.exists():
+        raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
+    model = json.loads(cfile.read_text()).get("model")
+    if not model:
+        raise InvalidInputError(f"the index at '{out}' does not record a loadable model; pass --model.")
+    return model
+
+
+def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, engine: str | None = None,
+                 kind: str | None = None, nbits: int | None = None, uri: str | None = None,
+                 collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
+                 show_progress: bool = True, **index_options: Any) -> BuildReport:
+    """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
+
+    Args:
+        model: a model name/folder or a loaded encoder; default: the model recorded in an existing ``out``.
+        engine: an index engine of ``xmodal.indexes.registry.ENGINES`` (default ``faiss``).
+        kind / nbits / uri / collection: engine options (FAISS kind; late-interaction residual bits, 0 =
+            uncompressed; Milvus URI and collection); each goes only to the engines that take it
+            (``EngineSpec.options``), None keeps the engine's default.
+        index_options: passed as they are to the engine's factory.
+    """
+    spec = get_engine(engine or default_engine())
+    if model is None:
+        model = recorded_model(out)
+    options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection), **index_options}
+    return build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
+                            show_progress=show_progress, **options)
+
+
+@dataclass
+class EmbeddingsIndex:
+    """What ``index_from_embeddings`` built; unpacks as ``index, choice``."""
+
+    index: Any
+    choice: Any  # xmodal.indexes.autoindex.IndexChoice
+    collection: bool  # ids are image paths: the folder is also a collection (search by path, incremental updates)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.index, self.choice))
+
+    def summary(self, out: str | Path) -> str:
+        return f"index '{out}': {len(self.index)} items, engine={self.index.engine}, index {self.choice.describe()}"
+
+
+def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str | None = None, kind: str = "auto",
+                          memory_budget_mb: float = 4096, nbits: int | None = None, uri: str | None = None,
+                          collection: str = "xmodal", overwrite: bool = False, model_id: str | None = None,
+                          train_sample: int | None = None) -> EmbeddingsIndex:
+    """Build an index from ``xmodal encode`` shards without re-encoding (see ``distributed.embeddings``).
+
+    When the shards come from an image folder or CSV (their ids are relative image paths), ``out``
+    also becomes a collection: ``xmodal search OUT`` works, and ``index_folder(FOLDER, OUT)`` later
+    adds and removes only the files that changed.
+    """
+    from ..distributed.embeddings import build_from_embeddings, inspect_embeddings
+
+    out = Path(out)
+    info = inspect_embeddings(emb_dir)
+    index, choice = build_from_embeddings(emb_dir, out, model_id=model_id, memory_budget_mb=memory_budget_mb, kind=kind,
+                                          train_sample=train_sample, engine=engine, uri=uri, collection=collection,
+                                          nbits=nbits, overwrite=overwrite, info=info)
+    if info.root:
+        save_collection_info(out, root=info.root, model=info.model, engine=index.engine,
+                             failed=[[f, "unreadable image (reported by xmodal encode)"] for f in info.failed])
+    elif (out / COLLECTION_FILE).exists():  # an earlier index's image root no longer applies
+        (out / COLLECTION_FILE).unlink()
+    return EmbeddingsIndex(index, choice, collection=bool(info.root))
