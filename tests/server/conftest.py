@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -19,8 +20,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, tiny_model_dir):
-    import uvicorn
-
     from xmodal.collection import build_collection
     from xmodal.models.tiny_cross import build_tiny_joint
     from xmodal.server import create_app
@@ -36,8 +35,19 @@ def served(tmp_path_factory, tiny_model_dir):
     build_collection(images, str(tiny_model_dir), root / "idx", show_progress=False)
     build_tiny_joint(root / "joint")
     app = create_app(root / "idx", reranker=str(root / "joint"), max_upload_bytes=200_000)
+    with running(app) as base:
+        yield {"base": base, "root": root, "images": images}
+
+
+@contextmanager
+def running(app, header_timeout: float = 2.0):
+    """Serve ``app`` with uvicorn on a free loopback port (xmodal's config: header timeout) while inside."""
+    import uvicorn
+
+    from xmodal.server.limits import server_config
+
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, header_timeout=header_timeout))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -50,6 +60,14 @@ def served(tmp_path_factory, tiny_model_dir):
             time.sleep(0.1)
     else:
         raise RuntimeError("server did not start")
-    yield {"base": base, "root": root, "images": images}
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """``with serve_app(app) as base_url:`` runs another app for the duration of a test module."""
+    return running

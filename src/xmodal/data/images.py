@@ -21,6 +21,10 @@ DEFAULT_MAX_PIXELS = 120_000_000
 Image.MAX_IMAGE_PIXELS = 2 * DEFAULT_MAX_PIXELS  # Pillow's own check stays as a backstop
 
 
+class ImageTooLargeError(InvalidInputError):
+    """An image has more pixels than the limit (found from its header, before decoding)."""
+
+
 def max_image_pixels() -> int:
     """The pixel limit: ``XMODAL_MAX_IMAGE_PIXELS`` from the environment, else ``DEFAULT_MAX_PIXELS``."""
     raw = os.environ.get("XMODAL_MAX_IMAGE_PIXELS")
@@ -67,7 +71,7 @@ def open_image(source: Any, *, max_pixels: int | None = None, min_side: int | No
         w, h = img.size
         if w * h > limit:
             img.close()
-            raise InvalidInputError(
+            raise ImageTooLargeError(
                 f"image '{name}' is {w}x{h} = {w * h / 1e6:.0f} megapixels, above the limit of {limit / 1e6:.0f} "
                 "megapixels (a decompression bomb or a very large scan); set XMODAL_MAX_IMAGE_PIXELS to allow it.")
         if min_side:

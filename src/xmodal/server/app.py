@@ -9,6 +9,8 @@ CPU has few cores to share); the index is read-only while serving.
 from __future__ import annotations
 
 import io
+import json
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -20,23 +22,70 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.ids import id_from_raw_path, is_utf8_text, url_quote_id
 from ..errors import InvalidInputError, XmodalError
+from .limits import BodyTooLarge, RequestGuard, ServerLimits
 
 STATIC = Path(__file__).with_name("static")
 ALLOWED_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"}
+# Absolute paths in error messages (a client must not learn the server's file layout).
+_ABS_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(=]))/[^\s'\"]*/([^\s'\"/]*)")
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with ASCII escapes: ids from non-UTF-8 file names hold lone surrogates, which ``\\udcXX``
+    escapes carry exactly (a UTF-8 encoding of them would fail with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _AnyPath(PathConvertor):
+    regex = "(?s:.*)"  # ids may hold newlines (file names can); starlette's ``path`` stops at them
+
+
+register_url_convertor("anypath", _AnyPath())
+
+
+def _item_id(request: Request, suffix: bytes = b"") -> str:
+    """The item id from the raw URL path: the decoded path has lost undecodable bytes (as U+FFFD)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    raw = raw.split(b"?", 1)[0]
+    raw = raw[raw.index(b"/items/") + len(b"/items/"):]
+    return id_from_raw_path(raw[:-len(suffix)] if suffix and raw.endswith(suffix) else raw)
 
 
 def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None, max_k: int = 100, max_depth: int = 500,
-               max_upload_bytes: int = 10 * 1024 * 1024, max_text_chars: int = 1000, default_depth: int = 50) -> Any:
+               max_upload_bytes: int | None = None, max_text_chars: int = 1000, default_depth: int = 50,
+               limits: ServerLimits | None = None, allowed_hosts: Any = None) -> Any:
     """Build the app for an index folder made by ``xmodal index``.
 
     Args:
         model: a loaded encoder or a name; default: the model recorded in the index.
         reranker: a loaded reranker or a name/folder (``load_reranker``); enables ``rerank=true``.
+        limits: per-request bounds (body sizes, images per request, decoded pixels, allowed hosts,
+            header timeout); ``max_upload_bytes`` and ``allowed_hosts`` override single fields.
     """
     state: dict[str, Any] = {}
     lock = threading.Lock()
+    limits = limits or ServerLimits()
+    if max_upload_bytes is not None:
+        limits.max_upload_bytes = max_upload_bytes
+    if allowed_hosts is not None:
+        limits.allowed_hosts = tuple(allowed_hosts)
+    max_upload_bytes = limits.max_upload_bytes
+    folders: list[tuple[str, str]] = [(str(Path(index_dir).resolve()), "<index>"), (str(Path(index_dir)), "<index>")]
+
+    def public(message: str) -> str:
+        """An error message without absolute paths: the image root and index folder become relative."""
+        for folder, label in folders:
+            if folder not in ("", ".", "/"):
+                message = message.replace(folder + "/", "").replace(folder, label)
+        return _ABS_PATH.sub(lambda m: m.group(1) or "<path>", message)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,33 +98,49 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
 
             rr = load_reranker(rr)
         state.update(collection=col, retriever=col.retriever(model=model, reranker=rr, depth=default_depth), reranker=rr)
+        folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
         yield
         state.clear()
 
-    app = FastAPI(title="xmodal", description="Cross-modal search over an xmodal index.", lifespan=lifespan)
+    app = FastAPI(title="xmodal", description="Cross-modal search over an xmodal index.", lifespan=lifespan,
+                  default_response_class=SafeJSONResponse)
+    app.state.limits = limits
+    app.add_middleware(RequestGuard, limits=limits)
 
     class HTTPError(Exception):
         def __init__(self, status: int, message: str) -> None:
             self.status, self.message = status, message
 
+    def error(status: int, message: str) -> JSONResponse:
+        return SafeJSONResponse({"error": public(message)}, status_code=status)
+
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return error(exc.status, exc.message)
 
     @app.exception_handler(XmodalError)
     async def _xmodal_error(request: Request, exc: XmodalError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return error(400, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return error(413, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": f"invalid request: {msgs}"}, status_code=422)
+        return error(422, f"invalid request: {msgs}")
 
     def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-        try:
-            v = int(value)
-        except (TypeError, ValueError):
-            raise HTTPError(422, f"{name} must be an integer; got {value!r}.") from None
+        # JSON 1.7 or true must not become 1; form fields arrive as text and must be whole numbers
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+                isinstance(value, str) and not value.strip().lstrip("+-").isdigit()):
+            raise HTTPError(422, f"{name} must be an integer (a whole number); got {value!r:.40}.")
+        v = int(value)
         if not lo <= v <= hi:
             raise HTTPError(422, f"{name} must be between {lo} and {hi}; got {v}.")
         return v
@@ -85,24 +150,42 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
             return None
         if not isinstance(text, str):
             raise HTTPError(422, "text must be a string.")
+        if not is_utf8_text(text):
+            raise HTTPError(400, "the text is not valid Unicode (it holds a lone surrogate such as \\ud800).")
         if not text.strip():
             raise HTTPError(422, "the text query is empty.")
         if len(text) > max_text_chars:
             raise HTTPError(413, f"the text query is longer than {max_text_chars} characters.")
         return text
 
-    async def read_image(upload: Any) -> Image.Image:
+    async def read_upload(upload: Any) -> bytes:
         if upload.content_type not in ALLOWED_TYPES:
             raise HTTPError(415, f"unsupported image type '{upload.content_type}'; use one of {sorted(ALLOWED_TYPES)}.")
         data = await upload.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPError(413, f"the image is larger than {max_upload_bytes // (1024 * 1024)} MB.")
-        from ..data.images import open_image
+        return data
+
+    def decode(data: bytes, filename: Any) -> Image.Image:
+        """Runs in a worker thread: a slow or huge image must not stall the event loop (other searches)."""
+        from ..data.images import ImageTooLargeError, open_image
 
         try:
-            return open_image(data)
+            return open_image(data, max_pixels=limits.max_image_pixels, min_side=limits.image_min_side)
+        except ImageTooLargeError as e:
+            raise HTTPError(413, f"the uploaded file '{filename}' is too large: {str(e).split(' is ', 1)[-1]}") from None
         except InvalidInputError:
-            raise HTTPError(400, f"the uploaded file '{upload.filename}' is not a readable image.") from None
+            raise HTTPError(400, f"the uploaded file '{filename}' is not a readable image.") from None
+
+    async def read_image(upload: Any) -> Image.Image:
+        data = await read_upload(upload)
+        return await run_in_threadpool(decode, data, upload.filename)
+
+    async def read_form(request: Request, max_files: int) -> Any:
+        try:
+            return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
+        except StarletteHTTPException as e:
+            raise HTTPError(413 if "Too many" in str(e.detail) else 400, str(e.detail)) from None
 
     def run_search(text: str | None, image: Image.Image | None, k: int, depth: int | None, rerank: bool) -> dict[str, Any]:
         if text is None and image is None:
@@ -113,12 +196,10 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         with lock:
             res = state["retriever"].search(text=text, image=image, k=k, depth=depth, rerank=rerank)
         total = time.perf_counter() - t0
-        from urllib.parse import quote
-
         return {
             "stage": res.stage,
-            "results": [{"id": i, "score": s, "url": f"/items/{quote(i)}/image", "thumbnail": f"/items/{quote(i)}/image?thumb=160"}
-                        for i, s in zip(res.ids, res.scores)],
+            "results": [{"id": i, "score": s, "url": f"/items/{url_quote_id(i)}/image",
+                         "thumbnail": f"/items/{url_quote_id(i)}/image?thumb=160"} for i, s in zip(res.ids, res.scores)],
             "ids": res.ids, "scores": res.scores,
             "timings": {**res.timings, "total": total},
         }
@@ -127,7 +208,7 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
     async def search(request: Request) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            form = await request.form()
+            form = await read_form(request, max_files=1)
             upload = form.get("image")
             image = await read_image(upload) if upload is not None and getattr(upload, "filename", None) else None
             text = form.get("text") or None
@@ -135,6 +216,8 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         else:
             try:
                 params = await request.json()
+            except BodyTooLarge:
+                raise
             except Exception:
                 raise HTTPError(400, "send JSON ({\"text\": ...}) or multipart form data with an image.") from None
             if not isinstance(params, dict):
@@ -145,8 +228,6 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         depth = params.get("depth")
         depth = check_int("depth", depth, 1, max_depth) if depth not in (None, "") else None
         rerank = str(params.get("rerank", "false")).lower() in ("1", "true", "yes", "on")
-        from starlette.concurrency import run_in_threadpool
-
         # the model runs in a worker thread so the event loop keeps answering (health, images) meanwhile
         return await run_in_threadpool(run_search, text, image, k, depth, rerank)
 
@@ -158,8 +239,9 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
             status = 404 if "unknown" in str(e) else 403
             raise HTTPError(status, str(e)) from None
 
-    @app.get("/items/{item_id:path}/image")
-    def item_image(item_id: str, thumb: int | None = None) -> Any:
+    @app.get("/items/{item_id:anypath}/image")
+    def item_image(request: Request, thumb: int | None = None) -> Any:
+        item_id = _item_id(request, suffix=b"/image")
         path = item_path(item_id)
         if not path.exists():
             raise HTTPError(404, f"the file of item '{item_id}' is gone from disk.")
@@ -168,21 +250,20 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         size = check_int("thumb", thumb, 16, 1024)
         from ..data.images import open_image
 
-        img = open_image(path)
+        img = open_image(path, max_pixels=limits.max_image_pixels, min_side=size)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/items/{item_id:path}")
-    def item(item_id: str) -> dict[str, Any]:
+    @app.get("/items/{item_id:anypath}")
+    def item(request: Request) -> dict[str, Any]:
+        item_id = _item_id(request)
         item_path(item_id)
         return {"id": item_id, "metadata": state["collection"].index.metadata(item_id),
-                "url": f"/items/{item_id}/image"}
+                "url": f"/items/{url_quote_id(item_id)}/image"}
 
     async def _locked(fn: Any, items: list) -> Any:
-        from starlette.concurrency import run_in_threadpool
-
         def call() -> Any:
             with lock:
                 return fn(items, show_progress=False)
@@ -194,15 +275,26 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         ctype = request.headers.get("content-type", "")
         encoder = state["retriever"].encoder
         if ctype.startswith("multipart/form-data"):
-            form = await request.form()
+            form = await read_form(request, max_files=limits.max_images + 1)
             uploads = form.getlist("image")
             if not uploads:
                 raise HTTPError(422, "send one or more 'image' files.")
-            images = [await read_image(u) for u in uploads]
+            if len(uploads) > limits.max_images:
+                raise HTTPError(413, f"at most {limits.max_images} images per request; got {len(uploads)}.")
+            images, held = [], 0
+            for u in uploads:  # one at a time, downscaled right after decoding: bounded decoded bytes
+                img = await read_image(u)
+                held += img.width * img.height * 3
+                if held > limits.max_decoded_bytes:
+                    raise HTTPError(413, f"the images of this request decode to more than "
+                                         f"{limits.max_decoded_bytes // (1024 * 1024)} MB; send fewer or smaller images.")
+                images.append(img)
             vecs = await _locked(encoder.encode_image, images)
         else:
             try:
                 body = await request.json()
+            except BodyTooLarge:
+                raise
             except Exception:
                 raise HTTPError(400, "send JSON {\"input\": [texts]} or multipart images.") from None
             inputs = body.get("input") if isinstance(body, dict) else None
@@ -225,7 +317,7 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         col = state["collection"]
         return {"model": state["retriever"].encoder.model_id, "items": len(col), "engine": col.engine,
                 "dimension": state["retriever"].encoder.embedding_dim, "rerank": state["reranker"] is not None,
-                "max_k": max_k, "max_upload_bytes": max_upload_bytes}
+                "max_k": max_k, "max_upload_bytes": max_upload_bytes, "max_images": limits.max_images}
 
     @app.get("/")
     def page() -> FileResponse:
