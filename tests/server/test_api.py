@@ -27,6 +27,7 @@ def test_health_info_and_page(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["items"] == 8 and info["engine"] == "faiss" and info["rerank"] is True and info["model"] == "tiny-clip"
+    assert info["search"] == {"kind": "flat", "search_params": {}}  # exact: nothing to tune
     page = client.get("/")
     assert page.status_code == 200 and "search-form" in page.text
     assert client.get("/static/app.js").status_code == 200

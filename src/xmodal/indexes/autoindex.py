@@ -151,17 +151,23 @@ def _choose_single(info: ShardStats, kind: str, memory_budget_bytes: int) -> Ind
 
 
 def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "auto", memory_budget_bytes: int,
-                model_id: str | None = None, train_sample: int | None = None, **_: Any) -> tuple[Any, IndexChoice]:
+                model_id: str | None = None, train_sample: int | None = None, target_recall: float | None = 0.95,
+                **_: Any) -> tuple[Any, IndexChoice]:
+    """``target_recall``: HNSW/IVF-PQ are tuned after the build to the smallest search setting that reaches it
+    (recall@10 against exact search over the shards, on a sample of their own vectors); None skips it."""
     from .faiss_index import FaissIndex
 
     choice = _choose_single(info, kind, memory_budget_bytes)
-    index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, **choice.params)
+    index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, target_recall=target_recall, **choice.params)
     if choice.kind == "ivfpq":  # train on a sample drawn from every shard, then stream everything
         nlist = choice.params.get("nlist") or ivf_nlist(info.count)
         _, vecs, _ = _sample(shards, info.count, train_sample or max(200_000, 39 * nlist))
         index.train(np.stack(vecs))
     for ids, vecs, sigs in shards():
         index.add(ids, vecs, metadata=_metadata(ids, sigs))
+    if target_recall is not None and choice.kind != "flat" and len(index):
+        # the shards hold the original vectors: exact ground truth, even for IVF-PQ's compressed codes
+        index.tune(target_recall, source=lambda: ((ids, vecs) for ids, vecs, _ in shards()))
     return index, choice
 
 

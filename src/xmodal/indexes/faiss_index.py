@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..errors import InvalidInputError
 from .base import as_float32_matrix, check_k, check_new_ids
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .sizing import ivf_nlist
+from .recall import Tuning, exact_topk, recall_at_k
 
 try:
     import faiss
@@ -60,6 +61,7 @@ class FaissIndex:
         nprobe: int = 32,
         refine: str | None = "sq8",
         k_factor: int = 8,
+        tuning: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
@@ -90,7 +92,8 @@ class FaissIndex:
         self._removed: set[int] = set()  # labels masked at search time (HNSW cannot delete)
         self._index: faiss.Index | None = None
         self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
-        self._pos_ids: np.ndarray | None = None  # cached: id by position in the wrapped FAISS index
+        self._pos_ids: np.ndarray | None = None  # cached: label by position in the wrapped FAISS index
+        self.tuning: Tuning | None = Tuning.from_dict(tuning)  # measured recall of the current search params
 
     # ------------------------------------------------------------------ building
     @property
@@ -134,7 +137,10 @@ class FaissIndex:
     @property
     def _masks_removed(self) -> bool:
         # HNSW graphs and refine wrappers cannot delete: removed labels are masked at search time.
-        return self.kind == "hnsw" or (self.kind == "ivfpq" and bool(self.params["refine"]))
+        # IVF cannot either, behind IndexIDMap2: IVF keeps the sequential ids it gave at add time, so
+        # after remove_ids the wrapper's position -> label map no longer matched (wrong ids, IndexError)
+        # and later adds reused live ids. Masking keeps labels and positions in step.
+        return self.kind in ("hnsw", "ivfpq")
 
     def _ivf(self) -> Any:
         inner = faiss.downcast_index(self._index.index)
@@ -215,11 +221,12 @@ class FaissIndex:
             raise InvalidInputError(f"unknown ids: {missing[:5]}")
         return np.stack([self._index.reconstruct(int(self._label[i])) for i in item_ids]).astype(np.float32)
 
-    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        if ef_search is not None:
-            self.params["ef_search"] = ef_search
-        if nprobe is not None:
-            self.params["nprobe"] = nprobe
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None,
+                          k_factor: int | None = None) -> None:
+        new = {key: v for key, v in (("ef_search", ef_search), ("nprobe", nprobe), ("k_factor", k_factor)) if v is not None}
+        if self.tuning is not None and any(self.params.get(key) != v for key, v in new.items()):
+            self.tuning = None  # the measured recall belonged to the old settings
+        self.params.update(new)
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:
@@ -228,19 +235,29 @@ class FaissIndex:
         if self.kind == "hnsw":
             faiss.downcast_index(self._index.index).hnsw.efSearch = self.params["ef_search"]
         elif self.kind == "ivfpq":
-            self._ivf().nprobe = self.params["nprobe"]
+            self._ivf().nprobe = self.params["nprobe"]  # _ivf() also sets the refine k_factor
 
     def _lookup(self) -> np.ndarray:
         if self._ids_arr is None:
             self._ids_arr = np.array(self._ids + [None], dtype=object)  # label -1 -> None
         return self._ids_arr
 
-    def _ids_by_position(self) -> np.ndarray:
-        """Item id of each position in the index wrapped by IndexIDMap2 (last entry None, for -1)."""
+    def _labels_by_position(self) -> np.ndarray:
+        """Label of each position in the index wrapped by IndexIDMap2 (last entry -1, for position -1)."""
         if self._pos_ids is None:
-            labels = faiss.vector_to_array(self._index.id_map)
-            self._pos_ids = np.concatenate([self._lookup()[labels], np.array([None], dtype=object)])
+            self._pos_ids = np.concatenate([faiss.vector_to_array(self._index.id_map), np.array([-1], dtype=np.int64)])
         return self._pos_ids
+
+    def _search_labels(self, q: np.ndarray, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS scores and int64 labels (-1: no result) of the top-``k`` per query row."""
+        params = self._search_params(filter)
+        if params is None:
+            # Search the wrapped index and map positions to labels here, as IndexIDMap2 would: its own
+            # translation loop opens an OpenMP region on every call, which made a single-query HNSW
+            # search ~10x slower than raw FAISS whenever other processes kept the cores busy.
+            scores, pos = faiss.downcast_index(self._index.index).search(q, k)
+            return scores, self._labels_by_position()[pos]
+        return self._index.search(q, k, params=params)
 
     def search(
         self, queries: Any, k: int, filter: Iterable[str] | None = None
@@ -253,24 +270,144 @@ class FaissIndex:
         q = as_float32_matrix(queries, self.dim, what="queries")
         if self._index is None or len(self) == 0:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
-        params = self._search_params(filter)
-        if params is None:
-            # Search the wrapped index and map positions to ids here, as IndexIDMap2 would: its own
-            # translation loop opens an OpenMP region on every call, which made a single-query HNSW
-            # search ~10x slower than raw FAISS whenever other processes kept the cores busy.
-            scores, pos = faiss.downcast_index(self._index.index).search(q, k)
-            ids = self._ids_by_position()[pos]
-            missing = pos < 0
-        else:
-            scores, labels = self._index.search(q, k, params=params)
-            ids = self._lookup()[labels]
-            missing = labels < 0
+        scores, labels = self._search_labels(q, k, filter)
+        ids = self._lookup()[labels]
+        missing = labels < 0
         if missing.any():
             scores = scores.copy()
             scores[missing] = -np.inf
         if self.metric == "l2":
             scores = -scores  # higher is better everywhere in xmodal
         return scores, ids
+
+    # ------------------------------------------------------------------ recall tuning
+    def _stored_chunks(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(labels, vectors) of every live item, read back from the index (exact for flat/HNSW/flat refine)."""
+        inner = faiss.downcast_index(self._index.index)
+        labels = self._labels_by_position()[:-1]
+        removed = np.fromiter(self._removed, dtype=np.int64) if self._removed else None
+        for s in range(0, inner.ntotal, chunk):
+            n = min(chunk, inner.ntotal - s)
+            lab = labels[s:s + n]
+            vecs = inner.reconstruct_n(s, n)
+            if removed is not None:
+                keep = ~np.isin(lab, removed)
+                lab, vecs = lab[keep], vecs[keep]
+            yield lab, vecs
+
+    def _label_chunks(self, source: Callable[[], Iterable[tuple[Sequence[str], Any]]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vecs in source():
+            lab = np.fromiter((self._label.get(str(i), -1) for i in ids), dtype=np.int64, count=len(ids))
+            keep = lab >= 0
+            yield lab[keep], np.asarray(vecs, dtype=np.float32)[keep]
+
+    def _recall_at(self, params: dict[str, Any], q: np.ndarray, truth: np.ndarray, k: int) -> float:
+        self.params.update(params)
+        self._apply_search_params()
+        found = np.concatenate([self._search_labels(q[s:s + 256], k)[1] for s in range(0, len(q), 256)])
+        return recall_at_k(found, truth)
+
+    def tune(self, target_recall: float = 0.95, *, k: int = 10, sample: int = 1000, seed: int = 0,
+             source: Callable[[], Iterable[tuple[Sequence[str], Any]]] | None = None,
+             max_ef_search: int = 4096, max_k_factor: int = 64) -> Tuning:
+        """Choose the smallest search setting whose recall@k against exact search reaches ``target_recall``.
+
+        Queries: ``sample`` of the index's own vectors. Ground truth: exact search over ``source()``
+        (an iterable of ``(ids, vectors)`` chunks, e.g. the embedding shards the index was built
+        from), or, without ``source``, over the vectors read back from the index (exact for flat
+        and HNSW; SQ8/PQ-decoded for IVF-PQ, flagged ``exact_truth=False``). HNSW tunes
+        ``ef_search``; IVF-PQ tunes ``nprobe`` and, with a refine stage, ``k_factor``. The outcome is
+        kept (``self.tuning``), saved in the manifest and shown by ``describe_search()``.
+        """
+        if not 0 < target_recall <= 1:
+            raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
+        k = check_k(k)
+        if self._index is None or len(self) == 0:
+            raise InvalidInputError("cannot tune an empty index; add vectors first.")
+        rng = np.random.default_rng(seed)
+        live = np.flatnonzero(np.array([i is not None for i in self._ids]))
+        qlab = np.sort(rng.choice(live, min(sample, len(live)), replace=False))
+        exact_truth = source is not None or self.kind in ("flat", "hnsw") or self.params["refine"] == "flat"
+        chunks = (lambda: self._label_chunks(source)) if source is not None else self._stored_chunks
+        parts: dict[int, np.ndarray] = {}
+        for lab, vecs in chunks():  # pass 1: the sampled items' own vectors are the queries
+            hit = np.isin(lab, qlab)
+            parts.update(zip(lab[hit].tolist(), vecs[hit]))
+        if len(parts) < len(qlab):
+            raise InvalidInputError(f"the vectors given for tuning miss {len(qlab) - len(parts)} of the index's items.")
+        q = np.stack([parts[int(lab)] for lab in qlab]).astype(np.float32)
+        truth = exact_topk(q, chunks(), k, self.metric)  # pass 2: exact top-k over everything
+        tried: list[list[Any]] = []
+        seen: dict[tuple, float] = {}
+
+        def measure(params: dict[str, Any]) -> float:
+            key = tuple(sorted(params.items()))
+            if key not in seen:
+                seen[key] = self._recall_at(params, q, truth, k)
+                tried.append([dict(params), round(seen[key], 4)])
+            return seen[key]
+
+        note = ""
+        if self.kind == "flat":
+            chosen, rec = {}, measure({})
+        elif self.kind == "hnsw":
+            grid = sorted({max(k, e) for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
+                                                3072, 4096) if e <= max_ef_search} | {max(k, 16)})
+            chosen, rec = _smallest_meeting(grid, lambda e: measure({"ef_search": e}), target_recall, "ef_search")
+            if rec < target_recall:
+                note = (f"HNSW with M={self.params['hnsw_m']} reaches at most {rec:.3f}; rebuild with a larger hnsw_m "
+                        f"(graph: {8 * self.params['hnsw_m']} bytes/vector at 2*M int32 links) or use kind='flat' "
+                        f"(exact, {4 * self.dim * len(self) / 2**20:,.0f} MiB)")
+        else:
+            chosen, rec, note = self._tune_ivf(measure, target_recall, k, max_k_factor)
+        self.params.update(chosen)
+        self._apply_search_params()
+        self.tuning = Tuning(target_recall=float(target_recall), recall=float(rec), met=bool(rec >= target_recall),
+                             params=chosen, k=k, sample=len(q), items=len(self), exact_truth=bool(exact_truth),
+                             note=note, tried=tried)
+        return self.tuning
+
+    def _tune_ivf(self, measure: Callable[[dict[str, Any]], float], target: float, k: int,
+                  max_k_factor: int) -> tuple[dict[str, Any], float, str]:
+        nlist = int(self._ivf().nlist)
+        probes = sorted({min(nlist, 2 ** i) for i in range(0, int(np.ceil(np.log2(max(nlist, 1)))) + 1)})
+        refine = self.params["refine"]
+        if not refine:
+            chosen, rec = _smallest_meeting(probes, lambda p: measure({"nprobe": p}), target, "nprobe")
+            note = "" if rec >= target else (
+                f"IVF-PQ codes alone reach at most {rec:.3f}; an SQ8 refine (refine='sq8', +{self.dim * len(self) / 2**20:,.0f} "
+                f"MiB) re-scores candidates and usually reaches >0.95, or use kind='hnsw' "
+                f"({(4 * self.dim + 8 * self.params['hnsw_m']) * len(self) / 2**20:,.0f} MiB)")
+            return chosen, rec, note
+        # Coordinate descent: the most candidates re-scored first (finds the nprobe the target needs),
+        # then the fewest re-scored candidates at that nprobe, then one more pass over nprobe.
+        factors = [f for f in (1, 2, 4, 8, 16, 32, 64, 128, 256) if f <= max_k_factor]
+        kf = factors[-1]
+        best, rec = _smallest_meeting(probes, lambda p: measure({"nprobe": p, "k_factor": kf}), target, "nprobe")
+        if rec < target:
+            finer = "refine='flat' (float32 re-scoring, +" + f"{3 * self.dim * len(self) / 2**20:,.0f} MiB)" if refine == "sq8" else "kind='flat'"
+            note = (f"IVF-PQ with {refine} refine reaches at most {rec:.3f} (nprobe={nlist}, k_factor={kf}); "
+                    f"more PQ bytes (pq_m > {self.params['pq_m']}), {finer} or kind='hnsw' "
+                    f"({(4 * self.dim + 8 * self.params['hnsw_m']) * len(self) / 2**20:,.0f} MiB) would raise it")
+            return {"nprobe": best["nprobe"], "k_factor": kf}, rec, note
+        nprobe = best["nprobe"]
+        got, rec_kf = _smallest_meeting([f for f in factors if f <= kf], lambda f: measure({"nprobe": nprobe, "k_factor": f}),
+                                        target, "k_factor")
+        kf, rec = got["k_factor"], rec_kf
+        got, rec_np = _smallest_meeting([p for p in probes if p <= nprobe], lambda p: measure({"nprobe": p, "k_factor": kf}),
+                                        target, "nprobe")
+        if rec_np >= target:
+            nprobe, rec = got["nprobe"], rec_np
+        return {"nprobe": nprobe, "k_factor": kf}, rec, ""
+
+    def describe_search(self) -> dict[str, Any]:
+        """Search settings and, when tuned, the measured recall: what ``info`` reports."""
+        keys = {"flat": (), "hnsw": ("ef_search",), "ivfpq": ("nprobe", "k_factor") if self.params["refine"] else ("nprobe",)}
+        out: dict[str, Any] = {"kind": self.kind, "search_params": {key: self.params[key] for key in keys[self.kind]}}
+        if self.tuning is not None:
+            out["tuning"] = {key: v for key, v in self.tuning.to_dict().items() if key != "tried"}
+            out["summary"] = self.tuning.describe()
+        return out
 
     def _search_params(self, filter: Iterable[str] | None) -> Any:
         selector = None
@@ -316,7 +453,7 @@ class FaissIndex:
                 count=len(self),
                 metric=self.metric,
                 model_id=self.model_id,
-                params={"kind": self.kind, **self.params},
+                params={"kind": self.kind, **self.params, "tuning": self.tuning.to_dict() if self.tuning else None},
             )
             write_manifest(tmp, manifest, files)
         return path
@@ -352,6 +489,17 @@ class FaissIndex:
 
             raise CorruptIndexError(f"index '{path}' lists {len(self)} ids but its manifest says {m.count}.")
         return self
+
+
+def _smallest_meeting(grid: Sequence[int], recall_of: Callable[[int], float], target: float,
+                      name: str) -> tuple[dict[str, Any], float]:
+    """First (smallest) value of an ascending grid whose recall reaches ``target``; else the last, with its recall."""
+    rec = 0.0
+    for value in grid:
+        rec = recall_of(value)
+        if rec >= target:
+            return {name: int(value)}, rec
+    return {name: int(grid[-1])}, rec
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:

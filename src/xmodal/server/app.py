@@ -315,9 +315,11 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
     @app.get("/info")
     def info() -> dict[str, Any]:
         col = state["collection"]
+        describe = getattr(col.index, "describe_search", None)  # ANN settings + measured recall, when known
         return {"model": state["retriever"].encoder.model_id, "items": len(col), "engine": col.engine,
                 "dimension": state["retriever"].encoder.embedding_dim, "rerank": state["reranker"] is not None,
-                "max_k": max_k, "max_upload_bytes": max_upload_bytes, "max_images": limits.max_images}
+                "max_k": max_k, "max_upload_bytes": max_upload_bytes, "max_images": limits.max_images,
+                "search": describe() if describe else None}
 
     @app.get("/")
     def page() -> FileResponse:
