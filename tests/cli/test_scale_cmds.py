@@ -39,7 +39,13 @@ def test_encode_then_index_from_embeddings_then_search_and_update(tiny_model_dir
     r = invoke("index-embeddings", emb, "--out", idx, "--overwrite", "--kind", "hnsw")  # the older verb still works
     assert r.exit_code == 0, r.output
     assert "12 items, engine=faiss, index hnsw" in r.stdout
-    assert json.loads((idx / "manifest.json").read_text())["params"]["kind"] == "hnsw"
+    params = json.loads((idx / "manifest.json").read_text())["params"]
+    assert params["kind"] == "hnsw" and params["tuning"]["target_recall"] == 0.95  # ANN kinds: tuned by default
+    assert "search settings: recall@10 1.000" in r.stdout and "meets the target 0.950" in r.stdout
+    r = invoke("search", idx, "--image", image_folder / "img_04_purple.png", "-k", 2)
+    assert r.exit_code == 0 and "index hnsw: recall@10 1.000" in r.stdout, r.output
+    r = invoke("index", "--from-embeddings", emb, "--out", idx, "--overwrite", "--kind", "hnsw", "--target-recall", 0)
+    assert r.exit_code == 0 and "search settings" not in r.stdout, r.output
 
 
 def test_milvus_and_late_interaction_from_embeddings(tiny_model_dir, image_folder, tmp_path):

@@ -111,7 +111,7 @@ def test_build_from_embeddings_tunes_to_the_target_and_saves_it(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xmodal.indexes.autoindex import build_from_embeddings
+    from xmodal.distributed.embeddings import build_from_embeddings
 
     x = clustered(3000, 32, seed=5)
     (tmp_path / "emb").mkdir()
@@ -126,3 +126,22 @@ def test_build_from_embeddings_tunes_to_the_target_and_saves_it(tmp_path):
     assert saved["tuning"]["recall"] == index.tuning.recall and saved["ef_search"] == index.tuning.params["ef_search"]
     plain, _ = build_from_embeddings(tmp_path / "emb", tmp_path / "plain", kind="hnsw", target_recall=None)
     assert plain.tuning is None
+
+
+def test_target_recall_given_at_construction_tunes_on_save_when_stale(tmp_path):
+    data = clustered(3400, 32, seed=6)
+    index = FaissIndex(32, kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=10, target_recall=0.95)
+    index.add([str(j) for j in range(3000)], data[:3000])
+    assert index.tuning is None
+    index.save(tmp_path / "idx")
+    first = index.tuning
+    assert first.met and first.items == 3000
+    index.add([str(j) for j in range(3000, 3100)], data[3000:3100])  # +3%: the measurement still holds
+    index.save(tmp_path / "idx")
+    assert index.tuning is first
+    index.add([str(j) for j in range(3100, 3400)], data[3100:])  # +13% in all: measured again
+    index.save(tmp_path / "idx")
+    assert index.tuning is not first and index.tuning.items == 3400 and index.tuning.met
+    assert load_index(tmp_path / "idx").params["target_recall"] == 0.95
+    with pytest.raises(InvalidInputError, match="target recall"):
+        FaissIndex(8, kind="hnsw", target_recall=0)

@@ -33,6 +33,10 @@ def index(
     memory_budget_mb: float = typer.Option(4096, help="--from-embeddings: memory the index may use; picks flat / HNSW / IVF-PQ (or late-interaction bits)."),
     nbits: Optional[int] = typer.Option(None, help="late-interaction: residual bits per dimension (1, 2, 4, 8; 0 = uncompressed). Default 2 (from the budget with --from-embeddings)."),
     overwrite: bool = typer.Option(False, help="--from-embeddings: replace an index already at --out."),
+    target_recall: Optional[float] = typer.Option(
+        None, help="FAISS hnsw/ivfpq: tune efSearch/nprobe/refine to the smallest setting whose recall@10 against exact "
+                   "search (on a sample of the collection's own vectors) reaches this; saved and printed. "
+                   "Default 0.95 for ANN kinds; 0 skips tuning."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -43,14 +47,17 @@ def index(
     if from_embeddings is not None:
         build_index_from_embeddings(from_embeddings, out, engine=engine, kind=kind or "auto",
                                     memory_budget_mb=memory_budget_mb, nbits=nbits, milvus_uri=milvus_uri,
-                                    milvus_collection=milvus_collection, overwrite=overwrite)
+                                    milvus_collection=milvus_collection, overwrite=overwrite, target_recall=target_recall)
         return
     from ..pipelines import index_folder
 
+    ann = kind in ("hnsw", "ivfpq")  # flat is exact; an existing index keeps the target saved in its manifest
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
-                          show_progress=not quiet)
+                          show_progress=not quiet,
+                          target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None))
     typer.echo(report.summary())
+    _echo_search_settings(out)
     if report.failed:
         typer.echo(f"skipped {len(report.failed)} unreadable files:", err=True)
         for rel, reason in report.failed:
@@ -59,12 +66,14 @@ def index(
 
 def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str], kind: str, memory_budget_mb: float,
                                 nbits: Optional[int] = None, milvus_uri: Optional[str] = None,
-                                milvus_collection: str = "xmodal", overwrite: bool = False) -> None:
+                                milvus_collection: str = "xmodal", overwrite: bool = False,
+                                target_recall: Optional[float] = None) -> None:
     """Shared by `xmodal index --from-embeddings` and `xmodal index-embeddings`: build, then print the choice."""
     from ..pipelines import index_from_embeddings
 
     built = index_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb,
-                                  nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite)
+                                  nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite,
+                                  target_recall=0.95 if target_recall is None else (target_recall or None))
     typer.echo(built.summary(out))
     if built.collection:
         typer.echo(f"ids are image paths: `xmodal search {out} ...` works, and `xmodal index IMAGE_DIR --out {out}` "
@@ -72,6 +81,17 @@ def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str],
     close = getattr(built.index, "close", None)
     if close is not None:
         close()
+
+
+def _echo_search_settings(out: Path) -> None:
+    """Print the ANN search settings and measured recall recorded in the index manifest, when tuned."""
+    from ..indexes.manifest import read_manifest
+
+    tuning = read_manifest(out, verify=False).params.get("tuning")
+    if tuning:
+        from ..indexes.recall import Tuning
+
+        typer.echo(f"search settings: {Tuning.from_dict(tuning).describe()}")
 
 
 def search(
@@ -116,6 +136,9 @@ def search(
         return
     typer.echo(f"{len(result)} results ({result.stage}) for "
                + (f"'{query}'" if query else "") + (f" image {image}" if image else ""))
+    tuning = getattr(collection.index, "tuning", None)
+    if tuning is not None:
+        typer.echo(f"index {collection.index.kind}: {tuning.describe()}")
     for rank, (i, s, p) in enumerate(zip(result.ids, result.scores, paths), start=1):
         typer.echo(f"{rank:>3}  {s:+.4f}  {i}  {p}")
 

@@ -151,7 +151,7 @@ def _choose_single(info: ShardStats, kind: str, memory_budget_bytes: int) -> Ind
 
 
 def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "auto", memory_budget_bytes: int,
-                model_id: str | None = None, train_sample: int | None = None, target_recall: float | None = 0.95,
+                model_id: str | None = None, train_sample: int | None = None, target_recall: float | None = None,
                 **_: Any) -> tuple[Any, IndexChoice]:
     """``target_recall``: HNSW/IVF-PQ are tuned after the build to the smallest search setting that reaches it
     (recall@10 against exact search over the shards, on a sample of their own vectors); None skips it."""

@@ -41,6 +41,9 @@ class FaissIndex:
         refine / k_factor: IVF-PQ re-scores ``k * k_factor`` candidates with finer codes: ``"sq8"``
             (8-bit scalar quantisation, 1 byte/dim: recall close to exact at a quarter of float32's
             memory), ``"flat"`` (float32) or ``None`` (PQ distances only, smallest, least accurate).
+        target_recall: HNSW/IVF-PQ: ``save`` first tunes the search settings to this recall@10 (``tune``),
+            again whenever the index has grown or shrunk by more than 10% since the last tuning.
+        tuning: the last ``tune`` outcome (restored from a manifest).
     """
 
     engine = "faiss"
@@ -61,6 +64,7 @@ class FaissIndex:
         nprobe: int = 32,
         refine: str | None = "sq8",
         k_factor: int = 8,
+        target_recall: float | None = None,
         tuning: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
@@ -83,7 +87,10 @@ class FaissIndex:
             "nprobe": nprobe,
             "refine": refine,
             "k_factor": k_factor,
+            "target_recall": target_recall,
         }
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
         if refine not in (None, "sq8", "flat"):
             raise InvalidInputError(f"refine must be None, 'sq8' or 'flat'; got {refine!r}.")
         self._ids: list[str | None] = []  # label -> id (None once removed)
@@ -435,9 +442,19 @@ class FaissIndex:
         return params
 
     # ------------------------------------------------------------------ persistence
+    def _retune_if_stale(self) -> None:
+        target = self.params.get("target_recall")
+        if target is None or self.kind == "flat" or self._index is None or len(self) < 2:
+            return
+        t = self.tuning
+        if t is not None and t.target_recall == target and abs(len(self) - t.items) <= 0.1 * max(t.items, 1):
+            return
+        self.tune(target)
+
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: ``index.faiss``, ``ids.json``, ``metadata.jsonl``, manifest."""
         path = Path(path)
+        self._retune_if_stale()
         with atomic_folder(path) as tmp:
             files = ["ids.json", "metadata.jsonl"]
             if self._index is not None:

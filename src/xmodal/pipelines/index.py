@@ -26,7 +26,7 @@ def recorded_model(out: str | Path) -> str:
 def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, engine: str | None = None,
                  kind: str | None = None, nbits: int | None = None, uri: str | None = None,
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
-                 show_progress: bool = True, **index_options: Any) -> BuildReport:
+                 show_progress: bool = True, target_recall: float | None = None, **index_options: Any) -> BuildReport:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
     Args:
@@ -35,12 +35,15 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
         kind / nbits / uri / collection: engine options (FAISS kind; late-interaction residual bits, 0 =
             uncompressed; Milvus URI and collection); each goes only to the engines that take it
             (``EngineSpec.options``), None keeps the engine's default.
+        target_recall: FAISS hnsw/ivfpq: each save tunes the search settings to this recall@10 (when the index
+            changed by more than 10% since the last tuning); kept in the manifest.
         index_options: passed as they are to the engine's factory.
     """
     spec = get_engine(engine or default_engine())
     if model is None:
         model = recorded_model(out)
-    options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection), **index_options}
+    options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection,
+                                            target_recall=target_recall), **index_options}
     return build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
                             show_progress=show_progress, **options)
 
@@ -57,13 +60,15 @@ class EmbeddingsIndex:
         return iter((self.index, self.choice))
 
     def summary(self, out: str | Path) -> str:
-        return f"index '{out}': {len(self.index)} items, engine={self.index.engine}, index {self.choice.describe()}"
+        text = f"index '{out}': {len(self.index)} items, engine={self.index.engine}, index {self.choice.describe()}"
+        tuning = getattr(self.index, "tuning", None)
+        return text + (f"\nsearch settings: {tuning.describe()}" if tuning is not None else "")
 
 
 def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str | None = None, kind: str = "auto",
                           memory_budget_mb: float = 4096, nbits: int | None = None, uri: str | None = None,
                           collection: str = "xmodal", overwrite: bool = False, model_id: str | None = None,
-                          train_sample: int | None = None) -> EmbeddingsIndex:
+                          train_sample: int | None = None, target_recall: float | None = 0.95) -> EmbeddingsIndex:
     """Build an index from ``xmodal encode`` shards without re-encoding (see ``distributed.embeddings``).
 
     When the shards come from an image folder or CSV (their ids are relative image paths), ``out``
@@ -76,7 +81,7 @@ def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str |
     info = inspect_embeddings(emb_dir)
     index, choice = build_from_embeddings(emb_dir, out, model_id=model_id, memory_budget_mb=memory_budget_mb, kind=kind,
                                           train_sample=train_sample, engine=engine, uri=uri, collection=collection,
-                                          nbits=nbits, overwrite=overwrite, info=info)
+                                          nbits=nbits, overwrite=overwrite, info=info, target_recall=target_recall)
     if info.root:
         save_collection_info(out, root=info.root, model=info.model, engine=index.engine,
                              failed=[[f, "unreadable image (reported by xmodal encode)"] for f in info.failed])
