@@ -22,9 +22,11 @@ def test_muge_score_semantics(tmp_path):
 def test_muge_rejects_incomplete_or_duplicate(tmp_path):
     gt = tmp_path / "gt.jsonl"
     gt.write_text('{"query_id": 1, "item_ids": [1]}\n{"query_id": 2, "item_ids": [2]}\n')
-    (tmp_path / "p.jsonl").write_text('{"query_id": 1, "item_ids": [1, 2]}\n')
+    ten = list(range(1, 11))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"query_id": 1, "item_ids": ten}) + "\n")
     with pytest.raises(DatasetFormatError, match="no prediction"):
         muge_score(tmp_path / "p.jsonl", gt)
-    (tmp_path / "p.jsonl").write_text('{"query_id": 1, "item_ids": [1, 1]}\n{"query_id": 2, "item_ids": [2]}\n')
+    (tmp_path / "p.jsonl").write_text(json.dumps({"query_id": 1, "item_ids": ten[:9] + [1]}) + "\n"
+                                      + json.dumps({"query_id": 2, "item_ids": ten}) + "\n")
     with pytest.raises(DatasetFormatError, match="twice"):
         muge_score(tmp_path / "p.jsonl", gt)

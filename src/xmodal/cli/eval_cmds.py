@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,16 +11,17 @@ from ..errors import InvalidInputError
 
 
 def evaluate(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH, e.g. karpathy:dataset_flickr30k.json, csv:pairs.csv, folder:DIR, muge:valid_texts.jsonl, wds:shards-*.tar, multi30k:IMAGE_LIST,LANG=CAPTIONS[,...] (e.g. multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de; --images = image folder)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH, e.g. karpathy:dataset_flickr30k.json, csv:pairs.csv, folder:DIR, muge:valid_texts.jsonl (MUGE or Chinese-CLIP fields), cnclip:valid_texts.jsonl, coco:captions_val2014.json[,karpathy=dataset_coco.json], wds:shards-*.tar, multi30k:IMAGE_LIST,LANG=CAPTIONS[,...] (e.g. multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de; --images = image folder)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Dual encoder (hub id, open_clip:..., folder)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (Karpathy/CSV) or base64 TSV (MUGE)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (Karpathy/CSV/COCO) or base64 TSV (MUGE/Chinese-CLIP)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (Karpathy: test/val/train)."),
     rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross-encoder to rerank with."),
     depth: int = typer.Option(20, "--depth", help="Candidates reranked per query."),
     compare: bool = typer.Option(False, "--compare", help="With --rerank: also run retrieve-only and rerank-all (small sets)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write metrics JSON here."),
-    muge_out: Optional[Path] = typer.Option(None, "--muge-predictions", help="Write MUGE top-10 predictions jsonl (text->image)."),
+    muge_out: Optional[Path] = typer.Option(None, "--muge-predictions", help="Write top-10 text->image predictions jsonl in the ground truth's fields and id types (MUGE / Chinese-CLIP scorers)."),
+    tr_out: Optional[Path] = typer.Option(None, "--tr-predictions", help="Write top-10 image->text predictions jsonl ({image_id, text_ids}, Chinese-CLIP's evaluation_tr.py)."),
     features: Optional[Path] = typer.Option(None, "--features", help="Region-feature store (npz folder, TSV, HDF5, LMDB) for region-feature models."),
 ) -> None:
     """Evaluate retrieval (optionally with reranking) and print a table of recalls."""
@@ -53,18 +53,17 @@ def evaluate(
     typer.echo(f"{ds.name} / {ds.split}: {len(ds.images)} images, {len(ds.captions)} captions")
     typer.echo(format_table(results))
     if out:
-        out.write_text(json.dumps(results, indent=2))
-    if muge_out:
-        if encoder is None:
-            raise InvalidInputError("--muge-predictions needs --model.")
-        from ..evaluation.muge import write_muge_predictions
+        from ..evaluation import write_metrics
 
-        queries = ds.extra.get("queries") or {c.caption_id or str(n): (c.text, [c.image_id]) for n, c in enumerate(ds.captions)}
-        txt = encoder.encode_text([t for t, _ in queries.values()])
-        img = encoder.encode_image([ds.images[i] for i in ds.image_ids])
-        top = (-(txt @ img.T)).argsort(axis=1)[:, :10]
-        write_muge_predictions(muge_out, list(queries), [[ds.image_ids[j] for j in row] for row in top])
-        typer.echo(f"MUGE predictions written to {muge_out}")
+        write_metrics(out, results)
+    for pred_out, direction in ((muge_out, "t2i"), (tr_out, "i2t")):
+        if pred_out:
+            if encoder is None:
+                raise InvalidInputError("--muge-predictions / --tr-predictions need --model.")
+            from ..evaluation import write_predictions
+
+            write_predictions(pred_out, ds, encoder, direction=direction, batch_size=batch_size)
+            typer.echo(f"{direction} predictions written to {pred_out}")
 
 
 def attach_feature_store(path: Path, *models: object) -> None:

@@ -1,6 +1,7 @@
 """Readers for the field's dataset formats; each returns an ``ImageTextDataset`` for one split.
 
-Formats: Karpathy-split JSON (Flickr30k/COCO), MUGE/Chinese-CLIP jsonl + base64 image TSV,
+Formats: Karpathy-split JSON (Flickr30k/COCO), official COCO captions JSON (``coco.py``), MUGE/Chinese-CLIP
+jsonl + base64 image TSV (``chinese_clip.py``),
 Multi30k-style parallel caption files, CSV/TSV ``image,caption``, a folder of images with sidecar
 ``.txt`` captions, and webdataset tar shards. Malformed input raises ``DatasetFormatError`` naming
 the file and the line or record.
@@ -8,8 +9,6 @@ the file and the line or record.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import glob
 import json
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetFormatError, InvalidInputError
+from .chinese_clip import read_chinese_clip, read_texts_and_tsv
+from .coco import read_coco_captions
 from .images import find_images
 from .types import Caption, ImageTextDataset
 
@@ -138,46 +139,13 @@ def read_folder(folder: str | Path, name: str | None = None, split: str = "all")
 
 
 def read_muge(queries: str | Path, images_tsv: str | Path, name: str = "muge", split: str = "valid") -> ImageTextDataset:
-    """MUGE / Chinese-CLIP: queries jsonl (``query_id``, ``query_text``, ``item_ids``) + ``image_id<TAB>base64`` TSV.
+    """MUGE / Chinese-CLIP: texts jsonl + ``image_id<TAB>base64`` TSV; the field layout is detected from the first
+    record: MUGE's ``query_id``/``query_text``/``item_ids`` or Chinese-CLIP's ``text_id``/``text``/``image_ids``.
 
-    Each query becomes one caption of its first item; all queries with their full item lists are in
-    ``extra["queries"]`` (query_id -> (text, [item ids])) for MUGE-style scoring.
+    All queries with their full item lists are in ``extra["queries"]`` (query_id -> (text, [item ids])); see
+    ``xmodal.data.chinese_clip`` for the rest of ``extra``.
     """
-    images: dict[str, Any] = {}
-    tsv = Path(images_tsv)
-    if not tsv.exists():
-        raise DatasetFormatError(f"image TSV not found: '{tsv}'.")
-    with open(tsv, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2:
-                raise DatasetFormatError(f"{tsv}:{n}: expected 'image_id<TAB>base64', got {len(parts)} fields.")
-            try:
-                images[parts[0]] = base64.b64decode(parts[1], validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise DatasetFormatError(f"{tsv}:{n}: image '{parts[0]}' is not valid base64.") from e
-    qpath = Path(queries)
-    if not qpath.exists():
-        raise DatasetFormatError(f"queries file not found: '{qpath}'.")
-    captions: list[Caption] = []
-    qs: dict[Any, tuple[str, list[str]]] = {}
-    with open(qpath, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                qid, text, items = rec["query_id"], rec["query_text"], [str(i) for i in rec["item_ids"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DatasetFormatError(f"{qpath}:{n}: needs JSON with query_id, query_text, item_ids ({e}).") from e
-            unknown = [i for i in items if i not in images]
-            if unknown or not items:
-                raise DatasetFormatError(f"{qpath}:{n}: query {qid} refers to unknown or no images {unknown[:3]}.")
-            qs[qid] = (text, items)
-            captions.append(Caption(text, items[0], lang="zh", caption_id=str(qid)))
-    return ImageTextDataset(images, captions, name=name, split=split, extra={"queries": qs})
+    return read_texts_and_tsv(queries, images_tsv, layout=None, name=name, split=split)
 
 
 def read_multi30k(caption_files: dict[str, str | Path], image_list: str | Path, images_dir: str | Path,
@@ -248,14 +216,17 @@ def _sample_captions(shard: str, key: str, sample: dict[str, Any]) -> list[str]:
 
 
 READERS = {"karpathy": read_karpathy, "csv": read_csv, "tsv": read_csv, "folder": read_folder,
-           "muge": read_muge, "multi30k": read_multi30k, "wds": read_webdataset, "webdataset": read_webdataset}
+           "muge": read_muge, "multi30k": read_multi30k, "wds": read_webdataset, "webdataset": read_webdataset,
+           "cnclip": read_chinese_clip, "coco": read_coco_captions}
 
 
 def load_dataset(spec: str, images: str | Path | None = None, split: str | None = None) -> ImageTextDataset:
     """Open a dataset from ``FORMAT:PATH``: ``karpathy:dataset_flickr30k.json`` (+ images dir), ``csv:pairs.csv``,
-    ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``,
+    ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV; MUGE or Chinese-CLIP fields, detected),
+    ``cnclip:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``,
     ``multi30k:IMAGE_LIST,LANG=CAPTIONS[,LANG=CAPTIONS...]`` (+ images dir), e.g.
-    ``multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de``."""
+    ``multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de``,
+    ``coco:captions_val2014.json[,captions_train2014.json][,karpathy=dataset_coco.json]`` (+ images dir)."""
     fmt, sep, path = spec.partition(":")
     if not sep or fmt not in READERS:
         raise InvalidInputError(f"dataset must be FORMAT:PATH with FORMAT one of {sorted(READERS)}; got '{spec}'.")
@@ -269,6 +240,17 @@ def load_dataset(spec: str, images: str | Path | None = None, split: str | None 
         if images is None:
             raise InvalidInputError("MUGE needs --images pointing at the image_id<TAB>base64 TSV.")
         return read_muge(path, images, split=split or "valid")
+    if fmt == "cnclip":
+        if images is None:
+            raise InvalidInputError("Chinese-CLIP needs --images pointing at the image_id<TAB>base64 TSV (e.g. valid_imgs.tsv).")
+        return read_chinese_clip(path, images, split=split or "valid")
+    if fmt == "coco":
+        files = [p for p in path.split(",") if p and not p.startswith("karpathy=")]
+        karpathy = next((p.partition("=")[2] for p in path.split(",") if p.startswith("karpathy=")), None)
+        if not files or karpathy == "":
+            raise InvalidInputError("COCO needs coco:CAPTIONS_JSON[,CAPTIONS_JSON...][,karpathy=dataset_coco.json], "
+                                    f"e.g. coco:captions_val2014.json,karpathy=dataset_coco.json; got '{spec}'.")
+        return read_coco_captions(files, images, karpathy=karpathy, split=split)
     if fmt == "multi30k":
         image_list, *pairs = path.split(",")
         langs = dict(p.partition("=")[::2] for p in pairs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,7 +13,7 @@ from tqdm.auto import tqdm
 from ..data.images import open_image
 from ..data.types import ImageTextDataset
 from ..errors import InvalidInputError
-from .metrics import DEFAULT_KS, chunked_ranks, mean_recall, summarize
+from .metrics import DEFAULT_KS, METRIC_UNITS, chunked_ranks, mean_recall, summarize
 
 # Reranked candidates are lifted above every retrieved-only score by this offset, so a rerank keeps
 # the "retrieve top-depth, then reorder them" semantics inside one score matrix.
@@ -21,9 +23,11 @@ _RERANK_OFFSET = 1e6
 class RetrievalEvaluator:
     """Evaluate image<->text retrieval on one split like the reference papers do.
 
-    t2i: every caption is a query; its image is the one positive. i2t: every image is a query; all
-    its captions (e.g. 5) are positives. Metrics are in percent; ``mean_recall`` (primary) is the
-    mean of the six recalls.
+    t2i: every caption is a query; its image is the one positive (MUGE / Chinese-CLIP texts listing
+    several images: each of them). i2t: every image with a caption is a query; all its captions (e.g. 5)
+    are positives; images no caption belongs to (distractors in a MUGE gallery) are candidates only.
+    Every score (R@K, MRR, nDCG@10, ``mean_recall``) is in percent, ``medR`` a 1-based rank;
+    ``mean_recall`` (primary) is the mean of the six recalls.
 
     >>> ev = RetrievalEvaluator(dataset)                       # doctest: +SKIP
     >>> ev(model)                                              # retrieve only  # doctest: +SKIP
@@ -50,15 +54,50 @@ class RetrievalEvaluator:
             raise InvalidInputError(f"{len(missing)} captions refer to unknown images, e.g. {missing[:3]}")
         self.texts = [c.text for c in dataset.captions]
         self.caption_image = np.array([col[c.image_id] for c in dataset.captions], dtype=np.int64)
+        self._index_positives(dataset, col)
 
-    # positives: caption i <-> image caption_image[i]
-    def _t2i_pos(self, a: int, b: int) -> np.ndarray:
-        p = np.zeros((b - a, len(self.image_ids)), dtype=bool)
-        p[np.arange(b - a), self.caption_image[a:b]] = True
+    def _index_positives(self, dataset: ImageTextDataset, col: dict[str, int]) -> None:
+        """(caption, image) positive pairs, indexed both ways (CSR) so a chunk's relevance is built in O(pairs).
+
+        A caption's positives are its image, or every image listed in ``extra["caption_images"]`` (MUGE /
+        Chinese-CLIP texts may match several images; their official scorers count any of them as a hit).
+        """
+        multi = dataset.extra.get("caption_images")
+        if multi is None:
+            cap, img = np.arange(len(self.texts)), self.caption_image
+        else:
+            if len(multi) != len(self.texts):
+                raise InvalidInputError("extra['caption_images'] needs one list of image ids per caption.")
+            unknown = [i for ids in multi for i in ids if i not in col]
+            if unknown:
+                raise InvalidInputError(f"{len(unknown)} positives refer to unknown images, e.g. {unknown[:3]}")
+            cap = np.repeat(np.arange(len(multi)), [len(ids) for ids in multi])
+            img = np.array([col[i] for ids in multi for i in ids], dtype=np.int64)
+        by_cap, by_img = np.lexsort((img, cap)), np.lexsort((cap, img))
+        self._t2i_ptr = np.searchsorted(cap[by_cap], np.arange(len(self.texts) + 1))
+        self._t2i_cols = img[by_cap]
+        self._i2t_ptr = np.searchsorted(img[by_img], np.arange(len(self.image_ids) + 1))
+        self._i2t_cols = cap[by_img]
+        # image->text queries: the images some text lists (a MUGE gallery also holds images no text lists;
+        # like Chinese-CLIP's image->text ground truth, those are candidates only)
+        self.i2t_queries = np.flatnonzero(np.diff(self._i2t_ptr) > 0)
+
+    @staticmethod
+    def _csr_rows(ptr: np.ndarray, cols: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+        """Boolean relevance rows for the queries ``idx`` from a CSR (ptr, cols) index."""
+        counts = ptr[idx + 1] - ptr[idx]
+        rows = np.repeat(np.arange(len(idx)), counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        p = np.zeros((len(idx), width), dtype=bool)
+        p[rows, cols[np.repeat(ptr[idx], counts) + within]] = True
         return p
 
+    def _t2i_pos(self, a: int, b: int) -> np.ndarray:
+        return self._csr_rows(self._t2i_ptr, self._t2i_cols, np.arange(a, b), len(self.image_ids))
+
     def _i2t_pos(self, a: int, b: int) -> np.ndarray:
-        return self.caption_image[None, :] == np.arange(a, b)[:, None]
+        """Rows ``a..b`` of the image->text queries (``i2t_queries``)."""
+        return self._csr_rows(self._i2t_ptr, self._i2t_cols, self.i2t_queries[a:b], len(self.texts))
 
     def embed(self, model: Any) -> tuple[Any, Any]:
         """Text and image embeddings of the split (each encoded once).
@@ -82,26 +121,26 @@ class RetrievalEvaluator:
         mode = "retrieve" if reranker is None else ("rerank_all" if model is None else "retrieve_rerank")
         if mode == "retrieve_rerank" and not depth:
             raise InvalidInputError("retrieve+rerank needs the candidate depth (e.g. depth=20).")
-        n_t, n_i = len(self.texts), len(self.image_ids)
+        n_t, n_i, q_img = len(self.texts), len(self.image_ids), self.i2t_queries
         if mode == "rerank_all":
             t2i_full = self._pair_scores(reranker, np.arange(n_t), np.tile(np.arange(n_i), (n_t, 1)))
             t2i_rows = lambda a, b: t2i_full[a:b]  # noqa: E731
-            i2t_rows = lambda a, b: t2i_full.T[a:b]  # noqa: E731
+            i2t_rows = lambda a, b: t2i_full.T[q_img[a:b]]  # noqa: E731
         else:
             txt, img = self.embed(model)
             if isinstance(txt, list):
                 # late interaction: one pair score, MaxSim with the text's tokens as the query side (as trained),
                 # read by rows for text->image and by columns for image->text
                 t2i_rows = lambda a, b: np.asarray(model.similarity(txt[a:b], img))  # noqa: E731
-                i2t_rows = lambda a, b: np.asarray(model.similarity(txt, img[a:b])).T  # noqa: E731
+                i2t_rows = lambda a, b: np.asarray(model.similarity(txt, [img[j] for j in q_img[a:b]])).T  # noqa: E731
             else:
                 t2i_rows = lambda a, b: txt[a:b] @ img.T  # noqa: E731
-                i2t_rows = lambda a, b: img[a:b] @ txt.T  # noqa: E731
+                i2t_rows = lambda a, b: img[q_img[a:b]] @ txt.T  # noqa: E731
             if mode == "retrieve_rerank":
                 t2i_rows = self._reranked(t2i_rows, n_t, reranker, depth, text_queries=True)
-                i2t_rows = self._reranked(i2t_rows, n_i, reranker, depth, text_queries=False)
+                i2t_rows = self._reranked(i2t_rows, len(q_img), reranker, depth, text_queries=False)
         r_t2i, nd_t2i = chunked_ranks(t2i_rows, n_t, self._t2i_pos, self.chunk_size)
-        r_i2t, nd_i2t = chunked_ranks(i2t_rows, n_i, self._i2t_pos, self.chunk_size)
+        r_i2t, nd_i2t = chunked_ranks(i2t_rows, len(q_img), self._i2t_pos, self.chunk_size)
         metrics = {**summarize(r_t2i, nd_t2i, "t2i", self.ks), **summarize(r_i2t, nd_i2t, "i2t", self.ks)}
         metrics["mean_recall"] = mean_recall(metrics, self.ks)
         metrics["seconds"] = time.perf_counter() - t0
@@ -128,7 +167,7 @@ class RetrievalEvaluator:
             s = rows(a, b).astype(np.float64)
             d = min(depth, s.shape[1])
             top = np.argsort(-s, axis=1, kind="stable")[:, :d]
-            q_idx = np.arange(a, b)
+            q_idx = np.arange(a, b) if text_queries else self.i2t_queries[a:b]
             if text_queries:
                 r = self._pair_scores(reranker, q_idx, top)
             else:  # image queries: score (caption, image) pairs, same orientation as training
@@ -157,3 +196,15 @@ def format_table(results: dict[str, dict[str, float]], ks: Sequence[int] = DEFAU
     for name, m in results.items():
         lines.append(f"{name:<{nw}}" + "".join(f"{m[c]:>{w}.2f}" for c in cols) + f"{m.get('seconds', 0):>{w}.1f}")
     return "\n".join(lines)
+
+
+def write_metrics(path: str | Path, results: dict[str, dict[str, float]]) -> Path:
+    """A metrics JSON file: ``{"units": METRIC_UNITS, RUN_NAME: {metric: value}, ...}`` (scores in percent)."""
+    if "units" in results:
+        raise InvalidInputError("'units' is reserved in a metrics file; name the run differently.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"units": METRIC_UNITS, **results}, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -6,6 +6,11 @@ So a model that gives every candidate the same score gets R@K = 0, never a lucky
 
 The first-hit rank of a query is the 0-based position of its best-ranked positive; it equals the
 number of negatives scoring at least as high as the highest-scoring positive.
+
+Units: every score metric xmodal reports (R@K, MRR, nDCG@10, mean recall, pseudo recall, MUGE scores) is a
+**percentage (0-100)**, the unit papers and the official MUGE / Chinese-CLIP scorers report recall in;
+``medR`` is a 1-based rank and ``seconds`` a duration. ``METRIC_UNITS`` states this, and metrics files
+written by ``write_metrics`` carry it under ``"units"``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
+
+# the unit of each metric family, written into every metrics file (see the module docstring)
+METRIC_UNITS = {"R@K": "percent", "MRR": "percent", "nDCG@10": "percent", "mean_recall": "percent",
+                "PRecall@K": "percent", "medR": "rank (1 = first)", "seconds": "seconds"}
 
 
 def first_hit_ranks(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -76,12 +85,12 @@ def ndcg_at_k(scores: np.ndarray, positives: np.ndarray, k: int, block: int = 64
 
 
 def summarize(ranks: np.ndarray, ndcg: np.ndarray | None, prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """R@K (percent, as papers report), MRR and nDCG@10 from first-hit ranks."""
+    """R@K, MRR and nDCG@10 (all percent, as papers report recall) and the median rank from first-hit ranks."""
     out = {f"{prefix}_R@{k}": float(100.0 * np.mean(ranks < k)) for k in ks}
-    out[f"{prefix}_MRR"] = float(np.mean(1.0 / (ranks + 1)))
+    out[f"{prefix}_MRR"] = float(100.0 * np.mean(1.0 / (ranks + 1)))
     out[f"{prefix}_medR"] = float(np.median(ranks + 1))
     if ndcg is not None:
-        out[f"{prefix}_nDCG@10"] = float(np.mean(ndcg))
+        out[f"{prefix}_nDCG@10"] = float(100.0 * np.mean(ndcg))
     return out
 
 
