@@ -13,7 +13,6 @@ Item ids are image paths relative to the root (posix), so ids stay stable across
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .data.images import find_images, open_image
 from .errors import IndexNotFoundError, InvalidInputError, XmodalError
+from .io import atomic_path, atomic_write_json
 from .indexes import load_index
 from .indexes.manifest import MANIFEST_NAME
 from .indexes.registry import get_engine
@@ -58,16 +58,10 @@ def _signature(path: Path) -> list[int]:
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def save_collection_info(folder: str | Path, *, root: str | Path, model: str | None, engine: str,
                          failed: list | None = None) -> None:
     """Write ``collection.json`` (image root, model, engine, unreadable files): the folder becomes a collection."""
-    _write_json_atomic(Path(folder) / COLLECTION_FILE, {"root": str(root), "model": model, "engine": engine,
+    atomic_write_json(Path(folder) / COLLECTION_FILE, {"root": str(root), "model": model, "engine": engine,
                                                         "failed": list(failed or [])})
 
 
@@ -158,10 +152,9 @@ def build_collection(
             report.failed += [(rel, str(img)) for rel, img in loaded if isinstance(img, Exception)]
             if good:
                 vecs = model.encode_image([img for _, img in good], batch_size=batch_size, show_progress=False)
-                tmp = build_dir / f".chunk-{n_chunks:06d}.tmp.npz"
-                np.savez(tmp, ids=np.array([r for r, _ in good]), vectors=vecs,
-                         signatures=np.array([sigs[r] for r, _ in good], dtype=np.int64))
-                os.replace(tmp, build_dir / f"chunk-{n_chunks:06d}.npz")
+                with atomic_path(build_dir / f"chunk-{n_chunks:06d}.npz") as tmp, open(tmp, "wb") as f:
+                    np.savez(f, ids=np.array([r for r, _ in good]), vectors=vecs,
+                             signatures=np.array([sigs[r] for r, _ in good], dtype=np.int64))
                 n_chunks += 1
             bar.update(len(loaded))
     bar.close()

@@ -121,7 +121,9 @@ def test_load_refuses_mismatch_and_damage(tmp_path):
         FaissIndex.load(path, dimension=16)
     with pytest.raises(IndexNotFoundError):
         FaissIndex.load(tmp_path / "missing")
-    with open(path / "index.faiss", "ab") as f:
+    from xmodal.indexes.manifest import read_manifest
+
+    with open(read_manifest(path).path(path, "index.faiss"), "ab") as f:
         f.write(b"junk")
     with pytest.raises(CorruptIndexError, match="checksum"):
         FaissIndex.load(path)
@@ -144,3 +146,4 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     assert (path / "manifest.json").read_text() == before
     assert len(FaissIndex.load(path)) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".idx.tmp")]
+    assert not [p for p in path.iterdir() if p.name.startswith(".xmodal-staging")]

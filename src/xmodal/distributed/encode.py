@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.images import find_images, open_image
 from ..errors import InvalidInputError
+from ..io import atomic_path, atomic_write
 
 REPORT = "_report.json"
 META_KEY = b"xmodal"  # Arrow schema metadata key of every embedding shard
@@ -234,9 +235,8 @@ def encode_shard(model: Any, shard: Shard, out_dir: Path, batch_size: int = 64, 
             "vectors": n_vectors, "shard": shard.name, "source_signature": shard.signature,
             "failed": [f["id"] for f in failed]}
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    tmp = out_dir / f".{shard.name}.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out_dir / f"{shard.name}.parquet")
+    with atomic_path(out_dir / f"{shard.name}.parquet") as tmp:
+        pq.write_table(table, tmp)
     return {"shard": shard.name, "count": len(ids), "failed": failed, "model_id": meta["model_id"],
             "seconds": time.perf_counter() - t0}
 
@@ -298,7 +298,7 @@ def encode_collection(source: str | Path, model: Any, out_dir: str | Path, execu
     if executor == "local":
         encoder = _load(model, late_interaction) if isinstance(model, (str, Path)) else model
     model_id = getattr(encoder, "model_id", None)
-    previous = json.loads((out / REPORT).read_text()) if (out / REPORT).exists() else {}
+    previous = _read_report(out / REPORT)
     _check_same_model(out, previous, model_name, model_id, late_interaction)
 
     report = EncodeReport(shards_total=len(shards))
@@ -327,7 +327,7 @@ def encode_collection(source: str | Path, model: Any, out_dir: str | Path, execu
             report.shard_seconds += r.get("seconds", 0.0)
     report.seconds = time.perf_counter() - t0
     earlier = previous.pop("earlier_runs", []) + ([previous] if previous else [])
-    (out / REPORT).write_text(json.dumps({**asdict(report), "model": model_name or previous.get("model"), "model_id": model_id,
+    atomic_write(out / REPORT, json.dumps({**asdict(report), "model": model_name or previous.get("model"), "model_id": model_id,
                                           "late_interaction": late_interaction, "source": str(source),
                                           "root": source_root(source), "earlier_runs": earlier},
                                          indent=1, default=str))
@@ -339,6 +339,18 @@ def _load(name: str | Path, late_interaction: bool, device: str | None = None) -
     from ..models import load_model
 
     return load_model(name, role="multi-vector" if late_interaction else "single-vector", device=device)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """The previous run's report; one cut off by a crash (older versions wrote it in place) counts as absent,
+    since each shard's own metadata still records its model."""
+    if not path.exists():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return previous if isinstance(previous, dict) else {}
 
 
 def _model_name(model: Any) -> str | None:

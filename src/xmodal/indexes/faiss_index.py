@@ -490,16 +490,16 @@ class FaissIndex:
         params = dict(m.params)
         kind = params.pop("kind", "flat")
         self = cls(m.dimension, kind=kind, metric=m.metric, model_id=m.model_id, **params)
-        raw = json.loads((path / "ids.json").read_text())
+        raw = json.loads(m.path(path, "ids.json").read_text())
         self._ids = raw["ids"]
         self._removed = set(raw.get("removed", []))
         self._label = {i: lab for lab, i in enumerate(self._ids) if i is not None}
-        with open(path / "metadata.jsonl") as f:
+        with open(m.path(path, "metadata.jsonl")) as f:
             for line in f:
                 rec = json.loads(line)
                 self._meta[rec["id"]] = rec["meta"]
-        if (path / "index.faiss").exists():
-            self._index = faiss.read_index(str(path / "index.faiss"))
+        if "index.faiss" in m.checksums:
+            self._index = faiss.read_index(str(m.path(path, "index.faiss")))
             self._apply_search_params()
         if len(self) != m.count:
             from ..errors import CorruptIndexError

@@ -1,23 +1,25 @@
-"""Index folders: a manifest (format version, engine, model id, dimension, count, checksum) and atomic writes.
+"""Index folders: a manifest (format version, engine, model id, dimension, count, checksums, file map).
 
-An index is saved into a temporary sibling folder first and renamed into place, so a crash while
-saving never leaves a half-written index where a good one used to be.
+An index is saved with ``atomic_folder`` (``xmodal.io``): in place, new files under fresh versioned
+names, the manifest last. The manifest's ``files`` maps each logical file name (``ids.json``) to the
+stored one (``ids.v<token>.json``); older indexes without the map store files under their logical names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import CorruptIndexError, IndexMismatchError, IndexNotFoundError
+from ..io import STAGING_PREFIX
+from ..io import atomic_folder as _atomic_folder
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -31,9 +33,16 @@ class Manifest:
     metric: str = "ip"
     model_id: str | None = None
     format_version: int = FORMAT_VERSION
-    checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    checksums: dict[str, str] = field(default_factory=dict)  # logical file name -> sha256
+    files: dict[str, str] = field(default_factory=dict)  # logical file name -> stored file name (set on commit)
+    companions: list[str] = field(default_factory=list)  # files not the engine's own (collection.json), kept across saves
+    fingerprint: str | None = None  # of the model's weights (models.fingerprint); None: not recorded
     params: dict[str, Any] = field(default_factory=dict)  # engine-specific settings
     created: float = field(default_factory=time.time)
+
+    def path(self, folder: str | Path, name: str) -> Path:
+        """Where the logical file ``name`` of this index version is stored in ``folder``."""
+        return Path(folder) / self.files.get(name, name)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -55,35 +64,61 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def atomic_folder(path: str | Path):  # type: ignore[no-untyped-def]
+    """Save an index folder in place, manifest last (see ``xmodal.io.atomic_folder``)."""
+    return _atomic_folder(path, commit_name=MANIFEST_NAME)
+
+
+# Files that ride along with the next index save (see ``companion_files``), and the weight fingerprint.
+_companions: ContextVar[dict[str, bytes] | None] = ContextVar("xmodal_index_companions", default=None)
+_fingerprint: ContextVar[str | None] = ContextVar("xmodal_index_fingerprint", default=None)
+
+
 @contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` (old contents removed), on error it is dropped."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+def companion_files(files: dict[str, bytes], fingerprint: str | None = None) -> Iterator[None]:
+    """Index saves inside this block also write ``files`` (e.g. a collection's ``collection.json``) and
+    record ``fingerprint``, in the same atomic commit and under the manifest's checksums. Any engine
+    that saves through ``write_manifest`` supports it without knowing about it."""
+    t1, t2 = _companions.set(dict(files)), _fingerprint.set(fingerprint)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # Keep anything in the old folder that the new index does not own (e.g. resume state of a
-    # collection being built), but replace the index files themselves.
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-        for child in path.iterdir():
-            if not (tmp / child.name).exists():
-                shutil.move(str(child), str(tmp / child.name))
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+        yield
+    finally:
+        _companions.reset(t1)
+        _fingerprint.reset(t2)
 
 
 def write_manifest(folder: Path, manifest: Manifest, files: list[str]) -> None:
-    """Checksum ``files`` (relative to ``folder``) and write the manifest last."""
+    """Checksum ``files`` (relative to the staging ``folder``) and write the manifest there, last.
+
+    Companion files come from ``companion_files`` or, when none are given, are carried over unchanged
+    from the version being replaced (``folder`` is the staging folder inside the index folder), so an
+    engine-level save never drops a collection's ``collection.json``; likewise the weight fingerprint.
+    """
+    files = list(files)
+    given = _companions.get()
+    previous = _previous_manifest(folder.parent) if folder.name.startswith(STAGING_PREFIX) else None
+    if given is not None:
+        for name, data in given.items():
+            (folder / name).write_bytes(data)
+        manifest.companions = sorted(given)
+    elif previous is not None:
+        for name in previous.companions:
+            src = previous.path(folder.parent, name)
+            if src.is_file():
+                shutil.copyfile(src, folder / name)
+                manifest.companions.append(name)
+    files += [n for n in manifest.companions if n not in files]
+    same_model = previous is not None and previous.model_id == manifest.model_id
+    manifest.fingerprint = manifest.fingerprint or _fingerprint.get() or (previous.fingerprint if same_model else None)
     manifest.checksums = {name: sha256_file(folder / name) for name in files}
     (folder / MANIFEST_NAME).write_text(manifest.to_json())
+
+
+def _previous_manifest(folder: Path) -> Manifest | None:
+    try:
+        return Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
@@ -106,7 +141,7 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
         )
     if verify:
         for name, digest in manifest.checksums.items():
-            f = folder / name
+            f = manifest.path(folder, name)
             if not f.exists():
                 raise CorruptIndexError(f"index '{folder}' is missing its file '{name}'. Rebuild the index.")
             if sha256_file(f) != digest:

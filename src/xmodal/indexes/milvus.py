@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import IndexMismatchError, InvalidInputError
 from .base import as_float32_matrix, check_k, check_new_ids
-from .manifest import MANIFEST_NAME, Manifest, check_compatible, read_manifest, write_manifest
+from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 
 ENGINE = "milvus"
 LITE_FILE = "milvus.db"
@@ -169,20 +169,14 @@ class MilvusIndex:
     def save(self, path: str | Path) -> Path:
         """Flush and write the manifest (the data itself lives in Milvus)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         self.client.flush(self.collection)
-        (path / "milvus.json").write_text(json.dumps({"uri": self.uri, "collection": self.collection,
-                                                       "index_type": self.index_type}))
         params = {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
                   "index_params": self.index_params, "search_params": self.search_params}
-        tmp = path / f".manifest.{os.getpid()}.tmp"
-        tmp.mkdir(exist_ok=True)
-        (tmp / "milvus.json").write_text((path / "milvus.json").read_text())
-        write_manifest(tmp, Manifest(engine=ENGINE, dimension=self.dim, count=len(self), metric=self.metric,
-                                     model_id=self.model_id, params=params), ["milvus.json"])
-        os.replace(tmp / MANIFEST_NAME, path / MANIFEST_NAME)
-        tmp.joinpath("milvus.json").unlink()
-        tmp.rmdir()
+        with atomic_folder(path) as tmp:
+            (tmp / "milvus.json").write_text(json.dumps({"uri": self.uri, "collection": self.collection,
+                                                          "index_type": self.index_type}))
+            write_manifest(tmp, Manifest(engine=ENGINE, dimension=self.dim, count=len(self), metric=self.metric,
+                                         model_id=self.model_id, params=params), ["milvus.json"])
         return path
 
     @classmethod

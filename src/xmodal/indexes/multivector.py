@@ -324,15 +324,15 @@ class MultiVectorIndex:
         check_compatible(m, path, model_id=model_id, dimension=dimension)
         params = dict(m.params)
         self = cls(m.dimension, nbits=params.pop("nbits"), model_id=m.model_id, **params)
-        self._doclens = np.load(path / "doclens.npy")
+        self._doclens = np.load(m.path(path, "doclens.npy"))
         if self.nbits is None:
-            self._raw = np.load(path / "raw.npy")
+            self._raw = np.load(m.path(path, "raw.npy"))
         else:
             for name in ("codes", "packed", "centroids", "cutoffs", "weights"):
-                setattr(self, "_" + name if name in ("codes", "packed") else name, np.load(path / f"{name}.npy"))
-        self._ids = json.loads((path / "ids.json").read_text())
+                setattr(self, "_" + name if name in ("codes", "packed") else name, np.load(m.path(path, f"{name}.npy")))
+        self._ids = json.loads(m.path(path, "ids.json").read_text())
         self._label = {i: n for n, i in enumerate(self._ids)}
-        self._meta = json.loads((path / "metadata.json").read_text())
+        self._meta = json.loads(m.path(path, "metadata.json").read_text())
         if len(self._ids) != m.count or len(self._doclens) != m.count:
             raise CorruptIndexError(f"index '{path}' lists {len(self._ids)} ids but its manifest says {m.count}.")
         return self

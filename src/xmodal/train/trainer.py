@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..data.types import ImageTextDataset
+from ..io import recover_dir, replace_dir
 from .data import PairCollator, PairDataset
 
 
@@ -193,14 +194,14 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }, tmp / "trainer_state.pt")
         (tmp / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        old = self.out / f".checkpoint-old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)  # atomic: a crash leaves either the old or the new checkpoint
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        # fsync, then swap; a crash between the two renames is undone by recover_dir in load_checkpoint
+        return replace_dir(tmp, final)
 
     def load_checkpoint(self) -> bool:
+        recover_dir(self._ckpt_dir())
+        if self.rank == 0:
+            for stale in self.out.glob(".checkpoint-tmp-*"):  # a save cut off before its swap
+                shutil.rmtree(stale, ignore_errors=True)
         path = self._ckpt_dir() / "trainer_state.pt"
         if not path.exists():
             return False

@@ -7,11 +7,10 @@ one record at a time, knows the ids already present (``existing``) to resume, an
 
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path
 
 from ...errors import DatasetFormatError, InvalidInputError
+from ...io import atomic_write
 from .hdf5 import HDF5_SUFFIXES, Hdf5Reader, Hdf5Writer
 from .lmdbstore import LmdbReader, LmdbWriter
 from .records import RegionFeatures, as_record, check_id, load_npz_record, npz_bytes
@@ -100,10 +99,7 @@ class NpzWriter:
         data = npz_bytes(as_record(record, image_id))
         target = self.path / f"{image_id}.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        atomic_write(target, data, durable=False)  # many small rewritable files: no fsync per record
         self.existing.add(image_id)
 
     def flush(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ...errors import DatasetFormatError, InvalidInputError
+from ...io import replace_dir
 from .formats import HDF5_SUFFIXES, Hdf5Reader, detect_format, looks_like_store, normalise_format, open_reader, open_writer
 from .records import MissingFeaturesError, RegionFeatures, as_record
 
@@ -451,13 +452,7 @@ def write_features(mapping: Mapping[str, RegionFeatures] | Iterable[tuple[str, R
         writer.close()
         _remove(tmp)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
-    else:
-        os.replace(tmp, path)
+    replace_dir(tmp, path)
     return path
 
 

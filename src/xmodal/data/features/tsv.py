@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ...errors import DatasetFormatError, InvalidInputError
+from ...io import atomic_path
 from .records import RegionFeatures, as_record, check_id
 
 FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
@@ -305,15 +306,13 @@ class TsvReader:
         meta = dict(self._stamp(), dim=self.dim, layout=self.layout.to_json(), skipped=self.skipped,
                     skipped_ids=self.skipped_ids)
         target = index_path(self.path)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_path(target) as tmp, open(tmp, "wb") as f:
                 np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                          ids=np.frombuffer("\n".join(self._ids).encode(), dtype=np.uint8),
                          offsets=self._offsets, lengths=self._lengths, lines=self._lines)
-            os.replace(tmp, target)
         except OSError:  # a read-only folder: the index is only a speed-up
-            tmp.unlink(missing_ok=True)
+            pass
 
     def _load_index(self) -> bool:
         target = index_path(self.path)
