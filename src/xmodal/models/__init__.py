@@ -15,6 +15,16 @@ def load_model(name_or_path: str, role: str | None = None, **kwargs):
     import json
     from pathlib import Path
 
+    from .multivector import load_pretrained_late
+
+    pretrained = load_pretrained_late(name_or_path, **kwargs)  # ColPali/ColQwen2/FLMR: their config.json says so
+    if pretrained is not None:
+        if role == "single-vector":
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"'{name_or_path}' is a late-interaction model ({pretrained.kind}): it gives "
+                                    "several vectors per item; use it with --engine late-interaction.")
+        return pretrained
     if role == "multi-vector":
         from .late import LateInteractionEncoder
 

@@ -64,8 +64,9 @@ def index_collection(model: Any, docs: Sequence[Any], path: str | Path | None = 
     ids = [str(i) for i in (ids if ids is not None else range(len(docs)))]
     index = MultiVectorIndex(model.embedding_dim, nbits=nbits, model_id=model.model_id, **index_options)
     vecs: list[np.ndarray] = []
+    encode = getattr(model, "encode_docs", model.encode_items)  # FLMR encodes passages with its context tower
     for s in tqdm(range(0, len(docs), batch_size), desc="encoding documents", disable=not show_progress):
-        vecs += model.encode_items(list(docs[s:s + batch_size]))
+        vecs += encode(list(docs[s:s + batch_size]))
     index.add(ids, vecs, metadata=[_describe(d) for d in docs])
     if path is not None:
         index.save(path)

@@ -1,0 +1,182 @@
+"""What every pretrained multi-vector (late-interaction) model shares: the xmodal encoder surface.
+
+``ColPaliEncoder`` and ``FLMREncoder`` only implement ``_encode_queries(texts)``, ``_encode_docs_images(images)``
+(and FLMR ``_encode_queries_with_images``); this mixin turns them into the calls the rest of xmodal makes
+(``encode_text``/``encode_image``/``encode_items``/``encode_query``/``similarity``), all returning lists of
+``(t_i, dim)`` float32 arrays, L2-normalised by the model itself, padding dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+# config.json ``model_type`` -> xmodal model kind of a pretrained late-interaction checkpoint
+PRETRAINED_LATE_TYPES = {"colpali": "colpali", "colqwen2": "colpali", "flmr": "flmr"}
+
+
+def resolve(device: Any, dtype: Any) -> tuple[str, Any]:
+    """``(device, torch dtype or None)`` through ``xmodal.runtime`` (one error text for bad values everywhere)."""
+    try:
+        from ..runtime import resolve_device, resolve_dtype
+    except ImportError:  # until xmodal.runtime lands on main: the same rules, minimal
+        import torch
+
+        from .dual import _resolve_dtype
+
+        dev = "cuda" if device in (None, "auto") and torch.cuda.is_available() else (
+            "cpu" if device in (None, "auto") else str(device))
+        return dev, _resolve_dtype(dtype)
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)
+
+
+def read_checkpoint_config(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``config.json`` of a local folder or of a hub id (cache first); ``None`` when there is none to read."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        return json.loads(cfg.read_text()) if cfg.exists() else None
+    name = str(name_or_path)
+    if name.startswith("hf:"):
+        name = name[3:]
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return None
+    try:  # a hub id: the cached/downloaded config.json (fails fast offline)
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(name, "config.json")).read_text())
+    except Exception:
+        return None
+
+
+def pretrained_late_kind(name_or_path: str | os.PathLike) -> str | None:
+    """``"colpali"`` / ``"flmr"`` when the checkpoint's own config names such a model, else ``None``."""
+    cfg = read_checkpoint_config(name_or_path)
+    return PRETRAINED_LATE_TYPES.get(str((cfg or {}).get("model_type", "")).lower())
+
+
+def load_pretrained_late(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> Any:
+    """A ColPali/ColQwen2/FLMR checkpoint (told apart by its own config.json), or ``None`` for any other model."""
+    kind = pretrained_late_kind(name_or_path)
+    if kind == "colpali":
+        from .colpali import ColPaliEncoder
+
+        return ColPaliEncoder.from_pretrained(name_or_path, device=device, dtype=dtype)
+    if kind == "flmr":
+        from .flmr import FLMREncoder
+
+        return FLMREncoder.from_pretrained(name_or_path, device=device, dtype=dtype)
+    return None
+
+
+class MultiVectorEncoderMixin:
+    """Shared encoding surface; subclasses set ``model_id``, ``dim`` and the two ``_encode_*`` methods."""
+
+    dim: int
+    model_id: str
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dim
+
+    def load_image(self, source: Any) -> Any:
+        from ..data.images import open_image
+
+        return open_image(source)
+
+    # --------------------------------------------------------------- to implement
+    def _encode_queries(self, texts: list[str]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _encode_docs_images(self, images: list[Any]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _encode_queries_with_images(self, texts: list[str], images: list[Any]) -> list[np.ndarray]:
+        """A query made of a question and an image; default: question tokens then the page's vectors."""
+        q = self._encode_queries(texts)
+        d = self._encode_docs_images(images)
+        return [np.concatenate([a, b]) for a, b in zip(q, d)]
+
+    # --------------------------------------------------------------- public surface
+    # --------------------------------------------------------------- differentiable (training) surface
+    def text_tokens(self, batch: dict[str, Any]) -> Any:
+        """Padded ``(n, t, dim)`` query vectors + ``(n, t)`` mask of a prepared batch (see ``prepare_queries``)."""
+        raise NotImplementedError
+
+    def image_tokens(self, batch: dict[str, Any]) -> Any:
+        """Padded ``(n, t, dim)`` page vectors + mask of a prepared batch (see ``prepare_images``)."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 16, show_progress: bool | None = None,
+                    convert_to: str = "numpy") -> list[np.ndarray]:
+        """Queries: one ``(t_i, dim)`` array per text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InvalidInputError(f"text #{i} is empty; give a non-empty query.")
+        out: list[np.ndarray] = []
+        for s in range(0, len(texts), batch_size):
+            out += self._encode_queries(texts[s:s + batch_size])
+        return out
+
+    def encode_image(self, images: Sequence[Any] | Any, batch_size: int = 8, show_progress: bool | None = None,
+                     convert_to: str = "numpy") -> Any:
+        """Documents (page images): ``(n, t, dim)`` when every page has as many vectors, else a list of ``(t_i, dim)``."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        out: list[np.ndarray] = []
+        for s in range(0, len(images), batch_size):
+            out += self._encode_docs_images([self.load_image(x) for x in images[s:s + batch_size]])
+        if out and len({len(v) for v in out}) == 1:
+            return np.stack(out)
+        return out
+
+    def encode_items(self, items: Sequence[Any], batch_size: int = 8) -> list[np.ndarray]:
+        """``str`` -> query vectors; an image -> document vectors; ``(text, image)`` -> a multimodal query."""
+        out: list[np.ndarray] = []
+        for item in items:
+            if isinstance(item, tuple):
+                text, image = item
+                out.append(self.encode_query(text=text, image=image))
+            elif isinstance(item, str):
+                out.append(self.encode_text([item])[0])
+            else:
+                out.append(np.asarray(self.encode_image([item])[0]))
+        return out
+
+    def encode_query(self, text: str | None = None, image: Any = None) -> np.ndarray:
+        """A text query, an image, or both (question + image: FLMR's multimodal query) -> ``(t, dim)``."""
+        if text is not None and not str(text).strip():
+            raise InvalidInputError("the text query is empty.")
+        if text is None and image is None:
+            raise InvalidInputError("give a text query, an image, or both.")
+        if image is None:
+            return self.encode_text([text])[0]
+        if text is None:
+            return np.asarray(self.encode_image([image])[0])
+        return self._encode_queries_with_images([text], [self.load_image(image)])[0]
+
+    @staticmethod
+    def similarity(a: Any, b: Any) -> np.ndarray:
+        """MaxSim matrix between two lists of multi-vector items (rows: ``a`` as queries)."""
+        from ..indexes.maxsim import maxsim, pad
+
+        qa, ma = pad(list(a))
+        qb, mb = pad(list(b))
+        return maxsim(qa, ma, qb, mb).numpy()
+
+
+def ragged(vectors: Any, mask: Any) -> list[np.ndarray]:
+    """``(n, t, d)`` tensor + ``(n, t)`` mask -> one float32 ``(t_i, d)`` array per row, masked rows dropped."""
+    v = vectors.float().cpu().numpy()
+    m = mask.bool().cpu().numpy()
+    return [np.ascontiguousarray(v[i][m[i]]) for i in range(len(v))]
