@@ -24,3 +24,17 @@ def test_synth_train_evaluate(tmp_path):
     assert [h["step"] for h in history if "mean_recall" in h] == [20, 40]
     r = runner.invoke(app, ["evaluate", "--dataset", ds, "--split", "test_unseen", "--model", str(tmp_path / "run" / "final")])
     assert r.exit_code == 0 and "test_unseen: 30 images" in r.output, r.output
+
+
+def test_train_on_a_chinese_clip_folder(tmp_path):
+    """`xmodal train --dataset cnclip:DIR`: trains on DIR/train_*, evaluates on DIR/valid_* (Chinese-CLIP's layout)."""
+    from jsonl_datasets import write_split
+
+    write_split(tmp_path / "ds", "cnclip", split="train")
+    write_split(tmp_path / "ds", "cnclip", split="valid")
+    r = CliRunner().invoke(app, ["train", "--dataset", f"cnclip:{tmp_path / 'ds'}", "--model", "tiny:chinese_clip",
+                                 "--out", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "8",
+                                 "--warmup-steps", "1", "--eval-split", "valid", "--eval-every", "4"])
+    assert r.exit_code == 0, r.output
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in history if "mean_recall" in h] == [4]

@@ -75,3 +75,15 @@ def test_mixed_id_types_and_unknown_fields_refused(tmp_path):
     (tmp_path / "dup.tsv").write_text(tsv.read_text().splitlines()[0] + "\n" + tsv.read_text().splitlines()[0] + "\n")
     with pytest.raises(DatasetFormatError, match="dup.tsv:2"):
         read_chinese_clip(other, tmp_path / "dup.tsv")
+
+
+def test_dataset_folder_in_chinese_clip_layout(tmp_path):
+    """``cnclip:DIR`` + split finds DIR/${split}_texts.jsonl and DIR/${split}_imgs.tsv (one spec for every split)."""
+    root = tmp_path / "MUGE"
+    write_split(root, "cnclip", split="train")
+    write_split(root, "cnclip", split="valid")
+    train = load_dataset(f"cnclip:{root}", split="train")
+    valid = load_dataset(f"muge:{root}")  # default split: valid; fields detected
+    assert (train.name, train.split, valid.split, len(valid.captions)) == ("MUGE", "train", "valid", 13)
+    with pytest.raises(DatasetFormatError, match="test_texts.jsonl"):
+        load_dataset(f"cnclip:{root}", split="test")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetFormatError
+from ..errors import DatasetFormatError, InvalidInputError
 from .types import Caption, ImageTextDataset
 
 
@@ -172,3 +172,23 @@ def read_chinese_clip(texts: str | Path, images_tsv: str | Path, name: str = "cn
                       split: str = "valid") -> ImageTextDataset:
     """Chinese-CLIP: ``{"text_id", "text", "image_ids"}`` jsonl + ``image_id<TAB>base64`` TSV."""
     return read_texts_and_tsv(texts, images_tsv, layout="cnclip", name=name, split=split)
+
+
+def open_jsonl_split(path: str | Path, images: str | Path | None = None, split: str = "valid",
+                     layout: str | None = None) -> ImageTextDataset:
+    """``path`` is a texts jsonl (then ``images`` is its TSV) or a dataset folder in Chinese-CLIP's layout,
+    ``DIR/${split}_texts.jsonl`` + ``DIR/${split}_imgs.tsv`` (MUGE's ``${split}_queries.jsonl`` also found),
+    so one spec serves every split (``--split train``, ``--eval-split valid``)."""
+    path = Path(path)
+    what = "Chinese-CLIP" if layout == "cnclip" else "MUGE / Chinese-CLIP"
+    if path.is_dir():
+        texts = next((path / f"{split}_{stem}.jsonl" for stem in ("texts", "queries")
+                      if (path / f"{split}_{stem}.jsonl").is_file()), None)
+        if texts is None:
+            raise DatasetFormatError(f"{path}: no {split}_texts.jsonl (or {split}_queries.jsonl) for split '{split}'.")
+        tsv = Path(images) if images is not None else path / f"{split}_imgs.tsv"
+        return read_texts_and_tsv(texts, tsv, layout=layout, name=path.name, split=split)
+    if images is None:
+        raise InvalidInputError(f"{what} needs --images pointing at the image_id<TAB>base64 TSV (e.g. valid_imgs.tsv), "
+                                "or a dataset folder with ${split}_texts.jsonl and ${split}_imgs.tsv.")
+    return read_texts_and_tsv(path, images, layout=layout, name=layout or "muge", split=split)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetFormatError, InvalidInputError
-from .chinese_clip import read_chinese_clip, read_texts_and_tsv
+from .chinese_clip import open_jsonl_split, read_chinese_clip, read_texts_and_tsv
 from .coco import read_coco_captions
 from .images import find_images
 from .types import Caption, ImageTextDataset
@@ -223,7 +223,8 @@ READERS = {"karpathy": read_karpathy, "csv": read_csv, "tsv": read_csv, "folder"
 def load_dataset(spec: str, images: str | Path | None = None, split: str | None = None) -> ImageTextDataset:
     """Open a dataset from ``FORMAT:PATH``: ``karpathy:dataset_flickr30k.json`` (+ images dir), ``csv:pairs.csv``,
     ``folder:DIR``, ``muge:valid_texts.jsonl`` (+ images = the base64 TSV; MUGE or Chinese-CLIP fields, detected),
-    ``cnclip:valid_texts.jsonl`` (+ images = the base64 TSV), ``wds:shards-*.tar``,
+    ``cnclip:valid_texts.jsonl`` (+ images = the base64 TSV), ``cnclip:DIR``/``muge:DIR`` (Chinese-CLIP's
+    ``DIR/${split}_texts.jsonl`` + ``DIR/${split}_imgs.tsv``), ``wds:shards-*.tar``,
     ``multi30k:IMAGE_LIST,LANG=CAPTIONS[,LANG=CAPTIONS...]`` (+ images dir), e.g.
     ``multi30k:test_2016_flickr.txt,en=test_2016_flickr.en,de=test_2016_flickr.de``,
     ``coco:captions_val2014.json[,captions_train2014.json][,karpathy=dataset_coco.json]`` (+ images dir)."""
@@ -236,14 +237,8 @@ def load_dataset(spec: str, images: str | Path | None = None, split: str | None 
         return read_csv(path, images)
     if fmt == "folder":
         return read_folder(path)
-    if fmt == "muge":
-        if images is None:
-            raise InvalidInputError("MUGE needs --images pointing at the image_id<TAB>base64 TSV.")
-        return read_muge(path, images, split=split or "valid")
-    if fmt == "cnclip":
-        if images is None:
-            raise InvalidInputError("Chinese-CLIP needs --images pointing at the image_id<TAB>base64 TSV (e.g. valid_imgs.tsv).")
-        return read_chinese_clip(path, images, split=split or "valid")
+    if fmt in ("muge", "cnclip"):  # a texts jsonl (+ --images TSV), or a folder of ${split}_texts.jsonl/_imgs.tsv
+        return open_jsonl_split(path, images, split=split or "valid", layout=None if fmt == "muge" else "cnclip")
     if fmt == "coco":
         files = [p for p in path.split(",") if p and not p.startswith("karpathy=")]
         karpathy = next((p.partition("=")[2] for p in path.split(",") if p.startswith("karpathy=")), None)
