@@ -16,12 +16,12 @@ for its training split. ``write_coco_captions`` writes any dataset back in the o
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetFormatError
+from ..io import atomic_write
 from .types import Caption, ImageTextDataset
 
 _TAG = re.compile(r"(train|val|test)(20\d\d)")
@@ -142,9 +142,4 @@ def write_coco_captions(dataset: ImageTextDataset, path: str | Path) -> Path:
         annotations.append({"image_id": image_num[c.image_id], "id": cid, "caption": c.text})
     obj = {"info": {"description": f"{dataset.name} / {dataset.split}, written by xmodal"}, "licenses": [],
            "images": images, "annotations": annotations}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
+    return atomic_write(path, json.dumps(obj, ensure_ascii=False))  # a reader never sees half a file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data.images import open_image
 from ..data.types import ImageTextDataset
 from ..errors import InvalidInputError
+from ..io import atomic_write_json
 from .metrics import DEFAULT_KS, METRIC_UNITS, chunked_ranks, mean_recall, summarize
 
 # Reranked candidates are lifted above every retrieved-only score by this offset, so a rerank keeps
@@ -202,9 +202,4 @@ def write_metrics(path: str | Path, results: dict[str, dict[str, float]]) -> Pat
     """A metrics JSON file: ``{"units": METRIC_UNITS, RUN_NAME: {metric: value}, ...}`` (scores in percent)."""
     if "units" in results:
         raise InvalidInputError("'units' is reserved in a metrics file; name the run differently.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"units": METRIC_UNITS, **results}, indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, {"units": METRIC_UNITS, **results})

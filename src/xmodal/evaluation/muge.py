@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DatasetFormatError, InvalidInputError
+from ..io import atomic_write
 
 PRED_K = 10  # ids per query the official scorers require
 
@@ -54,12 +55,7 @@ def write_muge_predictions(path: str | Path, query_ids: Sequence[Any], ranked_it
             raise InvalidInputError(f"query {q!r} is listed twice.")
         seen.add((type(q), q))
         lines.append(json.dumps({query_key: q, items_key: top}, ensure_ascii=False) + "\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)  # no half-written file under the user's name
-    return path
+    return atomic_write(path, "".join(lines))  # no half-written file under the user's name
 
 
 def _records(path: Path) -> list[tuple[int, dict]]:
