@@ -32,7 +32,7 @@ def test_synth_train_evaluate_region_models(tmp_path):
                             "--depth", "5", "--compare", "--out", str(tmp_path / "m.json")])
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"retrieve", "retrieve+rerank@5", "rerank-all"}
+    assert set(metrics) == {"units", "retrieve", "retrieve+rerank@5", "rerank-all"}  # metrics files name their units (#21)
     assert metrics["retrieve"]["t2i_R@5"] > 30  # 40 test images: chance ~12.5 %
 
 
