@@ -227,10 +227,15 @@ class Collection:
 
 
 def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None) -> Any:
-    """The encoder an index engine needs: the model's own class, in the role (single/multi-vector) of the engine."""
+    """The encoder an index engine needs: the model's own class, in the role (single/multi-vector) of the engine.
+
+    The multi-vector engines alone keep their old convenience: a plain dual encoder given to them is
+    wrapped with fresh (untrained) token projections (``adapt_dual``).
+    """
     from .models import load_model
 
-    return load_model(name, role=get_engine(engine).role, device=device)
+    role = get_engine(engine).role
+    return load_model(name, role=role, device=device, adapt_dual=role == "multi-vector")
 
 
 def _contains(index: Any, item_id: str) -> bool:

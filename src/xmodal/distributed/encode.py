@@ -148,7 +148,9 @@ def _samples(shard: Shard) -> Iterator[tuple[str, Any, list[int] | None]]:
 
 def is_multi_vector(model: Any) -> bool:
     """True for encoders whose ``encode_image`` returns several vectors per image (late interaction)."""
-    return hasattr(model, "encode_text_tokens")
+    from ..models.roles import MultiVectorEncoder
+
+    return isinstance(model, MultiVectorEncoder)
 
 
 def _vectors_column(vecs: list[np.ndarray] | np.ndarray, dim: int, multi: bool) -> Any:
@@ -338,7 +340,9 @@ def _load(name: str | Path, late_interaction: bool, device: str | None = None) -
     """The encoder for a model name: token/patch vectors for multi-vector shards, one vector otherwise."""
     from ..models import load_model
 
-    return load_model(name, role="multi-vector" if late_interaction else "single-vector", device=device)
+    # adapt_dual: a plain dual model asked for token vectors gets fresh projections (as it always has here)
+    return load_model(name, role="multi-vector" if late_interaction else "single-vector", device=device,
+                      adapt_dual=late_interaction)
 
 
 def _read_report(path: Path) -> dict[str, Any]:

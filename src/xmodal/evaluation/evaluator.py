@@ -13,6 +13,8 @@ from ..data.images import open_image
 from ..data.types import ImageTextDataset
 from ..errors import InvalidInputError
 from ..io import atomic_write_json
+from ..models.roles import MultiVectorEncoder, PairScorer, SingleVectorEncoder
+from ..ops.maxsim import maxsim, pad
 from .metrics import DEFAULT_KS, METRIC_UNITS, chunked_ranks, mean_recall, summarize
 
 # Reranked candidates are lifted above every retrieved-only score by this offset, so a rerank keeps
@@ -99,20 +101,21 @@ class RetrievalEvaluator:
         """Rows ``a..b`` of the image->text queries (``i2t_queries``)."""
         return self._csr_rows(self._i2t_ptr, self._i2t_cols, self.i2t_queries[a:b], len(self.texts))
 
-    def embed(self, model: Any) -> tuple[Any, Any]:
+    def embed(self, model: SingleVectorEncoder | MultiVectorEncoder) -> tuple[Any, Any]:
         """Text and image embeddings of the split (each encoded once).
 
-        Single-vector models give two ``(n, d)`` arrays; late-interaction models (whose ``encode_text``
-        returns one ``(t_i, d)`` array per text) give two lists of token/patch arrays.
+        Single-vector models give two ``(n, d)`` arrays; a ``MultiVectorEncoder`` gives two lists of
+        token/patch arrays.
         """
         txt = model.encode_text(self.texts, batch_size=self.batch_size, show_progress=self.show_progress)
         imgs = [self.dataset.images[i] for i in self.image_ids]
         img = model.encode_image(imgs, batch_size=self.batch_size, show_progress=self.show_progress)
-        if isinstance(txt, list):
-            return txt, list(img)
+        if isinstance(model, MultiVectorEncoder):
+            return list(txt), list(img)
         return np.asarray(txt, dtype=np.float32), np.asarray(img, dtype=np.float32)
 
-    def __call__(self, model: Any = None, reranker: Any = None, depth: int | None = None) -> dict[str, float]:
+    def __call__(self, model: SingleVectorEncoder | MultiVectorEncoder | None = None, reranker: PairScorer | None = None,
+                 depth: int | None = None) -> dict[str, float]:
         """Metrics dict. ``model`` alone: retrieve; + ``reranker`` and ``depth``: retrieve then rerank the top
         ``depth``; ``reranker`` alone (``model=None``): the cross-encoder scores every pair."""
         t0 = time.perf_counter()
@@ -128,11 +131,12 @@ class RetrievalEvaluator:
             i2t_rows = lambda a, b: t2i_full.T[q_img[a:b]]  # noqa: E731
         else:
             txt, img = self.embed(model)
-            if isinstance(txt, list):
+            if isinstance(model, MultiVectorEncoder):
                 # late interaction: one pair score, MaxSim with the text's tokens as the query side (as trained),
                 # read by rows for text->image and by columns for image->text
-                t2i_rows = lambda a, b: np.asarray(model.similarity(txt[a:b], img))  # noqa: E731
-                i2t_rows = lambda a, b: np.asarray(model.similarity(txt, [img[j] for j in q_img[a:b]])).T  # noqa: E731
+                (tv, tm), (iv, im) = pad(txt), pad(img)
+                t2i_rows = lambda a, b: maxsim(tv[a:b], tm[a:b], iv, im).numpy()  # noqa: E731
+                i2t_rows = lambda a, b: maxsim(tv, tm, iv[q_img[a:b]], im[q_img[a:b]]).numpy().T  # noqa: E731
             else:
                 t2i_rows = lambda a, b: txt[a:b] @ img.T  # noqa: E731
                 i2t_rows = lambda a, b: img[q_img[a:b]] @ txt.T  # noqa: E731
@@ -148,7 +152,7 @@ class RetrievalEvaluator:
         return metrics
 
     # ------------------------------------------------------------------ reranking
-    def _pair_scores(self, reranker: Any, text_idx: np.ndarray, image_idx: np.ndarray) -> np.ndarray:
+    def _pair_scores(self, reranker: PairScorer, text_idx: np.ndarray, image_idx: np.ndarray) -> np.ndarray:
         """Cross-encoder scores for text i against images image_idx[i, :] -> (len(text_idx), m)."""
         m = image_idx.shape[1]
         load = getattr(reranker, "load_image", open_image)  # region models read features, not pixels
@@ -158,7 +162,7 @@ class RetrievalEvaluator:
         scores = np.asarray(reranker.score(queries, cands), dtype=np.float32)
         return scores.reshape(len(text_idx), m)
 
-    def _reranked(self, rows: Any, n_queries: int, reranker: Any, depth: int, text_queries: bool) -> Any:
+    def _reranked(self, rows: Any, n_queries: int, reranker: PairScorer, depth: int, text_queries: bool) -> Any:
         """Wrap a score function so each query's top-``depth`` is reordered by the reranker."""
         # no cache of the reranked blocks: chunked_ranks asks for each block once, and keeping them
         # all would hold the whole (n_queries, n) float64 matrix in memory.
@@ -177,7 +181,7 @@ class RetrievalEvaluator:
 
         return reranked_rows
 
-    def _pair_scores_i2t(self, reranker: Any, image_idx: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
+    def _pair_scores_i2t(self, reranker: PairScorer, image_idx: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         m = text_idx.shape[1]
         load = getattr(reranker, "load_image", open_image)
         images = {j: load(self.dataset.images[self.image_ids[j]]) for j in image_idx}

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.maxsim import maxsim
+
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' rows, differentiable (no-op outside distributed training)."""
@@ -156,10 +158,8 @@ class MetricLearningLoss(nn.Module):
 
 
 def maxsim_scores(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
-    """Differentiable all-pairs MaxSim ``(n_q, n_d)``: for each query token its best document token, summed."""
-    sim = torch.einsum("atk,bpk->abtp", q, d)
-    sim = sim.masked_fill(~d_mask.bool()[None, :, None, :], float("-inf")).amax(dim=-1)
-    return (sim * q_mask.to(sim.dtype)[:, None, :]).sum(dim=-1)
+    """Differentiable all-pairs MaxSim ``(n_q, n_d)`` of a batch (``xmodal.ops.maxsim``, in one chunk)."""
+    return maxsim(q, q_mask, d, d_mask, doc_chunk=max(len(d), 1))
 
 
 class MaxSimInfoNCELoss(nn.Module):

@@ -15,9 +15,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-XMODAL_CONFIG = "xmodal.json"
-
-
 def _features(out: Any) -> torch.Tensor:
     # transformers >= 5 returns a BaseModelOutputWithPooling whose pooler_output is the projected
     # embedding; older releases return the tensor itself.
@@ -59,6 +56,11 @@ class Backbone(nn.Module):
     @property
     def embedding_dim(self) -> int:
         raise NotImplementedError
+
+    @property
+    def state_dims(self) -> tuple[int, int]:
+        """Widths ``(text, image)`` of the states returned by ``text_states`` / ``image_states``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose token/patch states")
 
     @property
     def logit_scale(self) -> torch.Tensor | None:
@@ -123,6 +125,11 @@ class HFBackbone(Backbone):
         if dim is None:  # SigLIP has no projection: the embedding is the text tower's hidden size
             dim = cfg.text_config.hidden_size
         return int(dim)
+
+    @property
+    def state_dims(self) -> tuple[int, int]:
+        cfg = self.model.config
+        return int(cfg.text_config.hidden_size), int(cfg.vision_config.hidden_size)
 
     @property
     def logit_scale(self) -> torch.Tensor | None:

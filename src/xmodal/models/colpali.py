@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ModelNotFoundError
 from .multivector import MultiVectorEncoderMixin, ragged, read_checkpoint_config, resolve
+from .registry import register_kind
 
 
 def _classes(model_type: str) -> tuple[Any, Any]:
@@ -43,10 +44,9 @@ def model_id_for(name_or_path: str | os.PathLike) -> str:
     return str(p.resolve()) if p.is_dir() else str(name_or_path).removeprefix("hf:")
 
 
+@register_kind("colpali", model_types=("colpali", "colqwen2"))
 class ColPaliEncoder(MultiVectorEncoderMixin, nn.Module):
     """A ``ColPaliForRetrieval`` or ``ColQwen2ForRetrieval`` and its processor, as an xmodal multi-vector encoder."""
-
-    kind = "colpali"
 
     def __init__(self, model: nn.Module, processor: Any, model_id: str) -> None:
         super().__init__()

@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from ..data.images import open_image
 from ..errors import InvalidInputError, ModelNotFoundError
-from .backbones import XMODAL_CONFIG
+from ..runtime import place_model
+from .registry import ModelConfig, load_model, register_kind, write_config
+from .roles import PairScorer
 
 
 def split_pairs(queries: Sequence[Any], candidates: Sequence[Any]) -> tuple[list[str], list[Any]]:
@@ -37,8 +39,8 @@ def split_pairs(queries: Sequence[Any], candidates: Sequence[Any]) -> tuple[list
     return texts, images
 
 
-class PairScorer(nn.Module):
-    """Shared batching for cross-encoders: subclasses implement ``_score_batch(texts, images) -> Tensor``."""
+class BatchedPairScorer(nn.Module):
+    """Shared batching for cross-encoders (the ``PairScorer`` role): subclasses implement ``_score_batch(texts, images)``."""
 
     def load_image(self, source: Any) -> Any:
         """One image as ``_score_batch`` takes it (decoded pixels; region models override this)."""
@@ -70,7 +72,8 @@ class PairScorer(nn.Module):
         return [(int(i), float(scores[i])) for i in order]
 
 
-class CrossEncoder(PairScorer):
+@register_kind("cross")
+class CrossEncoder(BatchedPairScorer):
     """BLIP image-text matching: score = ITM logit(match) - logit(no match), i.e. the log-odds of a match."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str) -> None:
@@ -83,25 +86,32 @@ class CrossEncoder(PairScorer):
         from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
 
         name = str(name_or_path)
+        path = Path(name).expanduser()
+        if path.is_dir() and (path / "config.json").exists():
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            if model_type != "blip":
+                raise ModelNotFoundError(f"'{path}' is a '{model_type}' model; rerankers are BLIP ITM models or "
+                                         "xmodal joint models.")
+        elif not path.is_dir() and name.startswith((".", "/", "~")):
+            raise ModelNotFoundError(f"reranker '{name}' not found: no such folder.")
         try:
             model = BlipForImageTextRetrieval.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
             processor = AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError) as e:
-            where = f"the local folder '{name}'" if Path(name).is_dir() else "the Hugging Face cache and the hub"
+            where = f"the local folder '{name}'" if path.is_dir() else "the Hugging Face cache and the hub"
             raise ModelNotFoundError(
                 f"could not load cross-encoder '{name}': looked in {where} ({str(e).splitlines()[0][:200]}). "
                 "Download a BLIP ITM model (e.g. Salesforce/blip-itm-base-coco) on a connected machine and pass its folder."
             ) from e
-        enc = cls(model.eval(), tokenizer, processor, name)
-        return enc.to(device=device or "cpu", dtype=dtype)
+        return place_model(cls(model, tokenizer, processor, name), device, dtype)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
-        (folder / XMODAL_CONFIG).write_text(json.dumps({"kind": "cross", "backend": "blip", "model_id": self.name}))
+        write_config(folder, ModelConfig(kind=self.kind, backend="blip", model_id=self.name))
         return folder
 
     def _score_batch(self, texts: list[str], images: list[Any]) -> torch.Tensor:
@@ -115,25 +125,6 @@ class CrossEncoder(PairScorer):
         return logits[:, 1] - logits[:, 0]
 
 
-def load_reranker(name_or_path: str | os.PathLike, device: str | None = None) -> PairScorer:
-    """Open a reranker: an xmodal ``JointModel`` folder, or a BLIP ITM model (folder or hub id)."""
-    path = Path(str(name_or_path))
-    if path.is_dir() and (path / XMODAL_CONFIG).exists():
-        kind = json.loads((path / XMODAL_CONFIG).read_text()).get("kind")
-        if kind == "joint":
-            from .joint import JointModel
-
-            return JointModel.from_pretrained(path, device=device)
-        if kind == "region-cross":
-            from .regions import RegionCrossEncoder
-
-            return RegionCrossEncoder.from_pretrained(path, device=device)
-        if kind not in ("cross", None):
-            raise ModelNotFoundError(f"'{path}' holds a '{kind}' model, not a reranker (cross-encoder or joint model).")
-    if path.is_dir() and (path / "config.json").exists():
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        if model_type != "blip":
-            raise ModelNotFoundError(f"'{path}' is a '{model_type}' model; rerankers are BLIP ITM models or xmodal joint models.")
-    elif not path.is_dir() and str(name_or_path).startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"reranker '{name_or_path}' not found: no such folder.")
-    return CrossEncoder.from_pretrained(name_or_path, device=device)
+def load_reranker(name_or_path: str | os.PathLike, device: str | None = None, dtype: Any = None) -> PairScorer:
+    """Open a reranker: any saved model that is a ``PairScorer`` (joint, region cross-encoder), or a BLIP ITM model."""
+    return load_model(name_or_path, role=PairScorer, device=device, dtype=dtype)

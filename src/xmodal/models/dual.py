@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -12,21 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from .backbones import XMODAL_CONFIG, Backbone
+from ..runtime import place_model
+from .base import BackboneModel
 from .loading import load_backbone
+from .registry import read_config, register_kind
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in table:
-        raise InvalidInputError(f"unknown dtype '{dtype}'; use one of {sorted(table)}.")
-    return table[dtype]
-
-
-class DualEncoder(nn.Module):
+@register_kind("dual")
+class DualEncoder(BackboneModel):
     """Two towers, one embedding space.
 
     >>> model = DualEncoder.from_pretrained("openai/clip-vit-base-patch32")  # doctest: +SKIP
@@ -34,80 +26,27 @@ class DualEncoder(nn.Module):
     >>> txt = model.encode_text(["a photo of a cat"])    # (1, d)
     >>> model.similarity(txt, img)                       # (1, 1) cosine similarities
 
-    Args:
-        backbone: the towers (see ``xmodal.models.backbones``).
-        model_id: the name this model is known by; saved into index manifests so an index is
-            never queried with another model's vectors.
+    Args: see ``BackboneModel`` (the towers and the model id).
     """
 
-    def __init__(self, backbone: Backbone, model_id: str | None = None) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.model_id = model_id or backbone.name
-
-    # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
     ) -> "DualEncoder":
-        """Load from a hub id, ``open_clip:ARCH[/TAG]`` or a local folder (see ``load_backbone``)."""
+        """Load from a hub id, ``open_clip:ARCH[/TAG]`` or a local folder (see ``load_backbone``).
+
+        ``device``: ``None``/``"auto"`` picks a GPU when one is usable (``xmodal.runtime.resolve_device``).
+        """
         backbone = load_backbone(name_or_path)
-        model_id = backbone.name
-        p = Path(str(name_or_path))
-        if p.is_dir() and (p / XMODAL_CONFIG).exists():
-            model_id = json.loads((p / XMODAL_CONFIG).read_text()).get("model_id") or model_id
-        model = cls(backbone, model_id=model_id)
-        model.eval()
-        return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
-
-    kind = "dual"  # written to xmodal.json; ``xmodal.models.load_model`` picks the class by it
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ tokenizer/processor files) and ``xmodal.json``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder)
-        meta = {"kind": self.kind, "backend": self.backbone.backend, "model_id": self.model_id}
-        (folder / XMODAL_CONFIG).write_text(json.dumps({**meta, **self._save_extra(folder)}, indent=2))
-        return folder
-
-    def _save_extra(self, folder: Path) -> dict[str, Any]:
-        """Subclasses save their own weights here and return what ``xmodal.json`` must also record."""
-        return {}
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        config = read_config(name_or_path)
+        model = cls(backbone, model_id=(config.model_id if config else None) or backbone.name)
+        return place_model(model, device, dtype)
 
     @property
     def embedding_dim(self) -> int:
         return self.backbone.embedding_dim
 
-    # ------------------------------------------------------------------ inputs
-    def load_image(self, source: Any) -> Any:
-        """Read one image input (path, bytes, PIL; for region-feature models an id or ``RegionFeatures``)."""
-        return self.backbone.load_image(source)
-
-    def attach_features(self, store: Any) -> "DualEncoder":
-        """Resolve image ids through ``store`` (a ``FeatureStore``): only for region-feature models."""
-        if not hasattr(self.backbone, "features"):
-            raise InvalidInputError(f"{self.model_id} reads pixels; a feature store is for region-feature models.")
-        self.backbone.features = store
-        return self
-
     # ------------------------------------------------------------------ encoding
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, v in batch.items():
-            v = v.to(self.device)
-            out[k] = v.to(self.dtype) if v.is_floating_point() else v
-        return out
-
     def text_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Differentiable, L2-normalised text embeddings of a tokenized batch (used by training)."""
         return nn.functional.normalize(self.backbone.text_features(self._to_device(batch)).float(), dim=-1)

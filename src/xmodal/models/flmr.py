@@ -36,6 +36,7 @@ from torch import nn
 from ..errors import ModelNotFoundError
 from .colpali import model_id_for
 from .multivector import MultiVectorEncoderMixin, ragged, read_checkpoint_config, resolve
+from .registry import register_kind
 
 # Every config field this loader reads (the closing note of issue #14 lists them too).
 FLMR_CONFIG_FIELDS = (
@@ -293,10 +294,9 @@ def _image_processor(folder_or_id: str, vision_config: dict[str, Any]) -> Any:
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
+@register_kind("flmr", model_types=("flmr",))
 class FLMREncoder(MultiVectorEncoderMixin, nn.Module):
     """An FLMR/PreFLMR checkpoint as an xmodal multi-vector encoder: text/(question, image) queries, passages or images as documents."""
-
-    kind = "flmr"
 
     def __init__(self, model: FLMRModel, query_tokenizer: Any, context_tokenizer: Any, image_processor: Any,
                  model_id: str, query_maxlen: int = 32, doc_maxlen: int = 512, attend_to_mask_tokens: bool = False) -> None:

@@ -8,17 +8,20 @@ image patch states (cross-attention) and end in a match logit. Retrieval uses th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .backbones import XMODAL_CONFIG, Backbone
-from .cross import PairScorer
-from .dual import DualEncoder, _resolve_dtype
+from ..errors import ModelNotFoundError
+from ..runtime import place_model
+from .backbones import Backbone
+from .cross import BatchedPairScorer
+from .dual import DualEncoder
 from .loading import load_backbone
+from .registry import read_config, register_kind
+from .seeding import local_rng
 
 HEAD_WEIGHTS = "fusion_head.safetensors"
 
@@ -51,7 +54,8 @@ class FusionHead(nn.Module):
         return self.out(pooled).squeeze(-1)
 
 
-class JointModel(DualEncoder, PairScorer):
+@register_kind("joint")
+class JointModel(DualEncoder, BatchedPairScorer):
     """Dual encoder + cross-encoder head over the same backbone weights.
 
     >>> joint = JointModel.from_dual(DualEncoder.from_pretrained("openai/clip-vit-base-patch32"))  # doctest: +SKIP
@@ -66,9 +70,9 @@ class JointModel(DualEncoder, PairScorer):
     @classmethod
     def from_dual(cls, dual: DualEncoder, hidden: int = 128, layers: int = 2, heads: int = 4, seed: int = 0) -> "JointModel":
         """Add a fresh fusion head to a dual encoder (its weights are shared, not copied)."""
-        t_dim, i_dim = _state_dims(dual.backbone)
-        torch.manual_seed(seed)
-        head = FusionHead(t_dim, i_dim, hidden=hidden, layers=layers, heads=heads)
+        t_dim, i_dim = dual.backbone.state_dims
+        with local_rng(seed):
+            head = FusionHead(t_dim, i_dim, hidden=hidden, layers=layers, heads=heads)
         return cls(dual.backbone, head, model_id=f"{dual.model_id}+joint").to(dual.device)
 
     @classmethod
@@ -76,22 +80,20 @@ class JointModel(DualEncoder, PairScorer):
         from safetensors.torch import load_model
 
         folder = Path(name_or_path)
-        meta = json.loads((folder / XMODAL_CONFIG).read_text())
-        if meta.get("kind") != "joint":
-            raise ValueError(f"'{folder}' is not a joint model (kind={meta.get('kind')!r}).")
-        head = FusionHead(**meta["head"])
+        config = read_config(folder)
+        if config is None or config.kind != cls.kind or "head" not in config.extra:
+            found = "no xmodal.json" if config is None else f"kind '{config.kind}'"
+            raise ModelNotFoundError(f"'{folder}' is not a saved joint model ({found}); save one with JointModel.save().")
+        with local_rng():  # random init, overwritten by the saved weights
+            head = FusionHead(**config.extra["head"])
         load_model(head, str(folder / HEAD_WEIGHTS))
-        model = cls(load_backbone(folder), head, model_id=meta.get("model_id"))
-        model.eval()
-        return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
-
-    kind = "joint"
+        return place_model(cls(load_backbone(folder), head, model_id=config.model_id), device, dtype)
 
     def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_model
 
         save_model(self.head, str(folder / HEAD_WEIGHTS))
-        return {"head": self.head.config}
+        return {"extra": {"head": self.head.config}}
 
     def match_logits(self, text_batch: dict[str, torch.Tensor], image_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Match logits (n,) for aligned, tokenized/preprocessed pairs; differentiable through the towers."""
@@ -102,7 +104,3 @@ class JointModel(DualEncoder, PairScorer):
     def _score_batch(self, texts: list[str], images: list[Any]) -> torch.Tensor:
         return self.match_logits(self.backbone.tokenize(texts), self.backbone.preprocess(images))
 
-
-def _state_dims(backbone: Backbone) -> tuple[int, int]:
-    cfg = backbone.model.config
-    return int(cfg.text_config.hidden_size), int(cfg.vision_config.hidden_size)

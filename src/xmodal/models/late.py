@@ -4,11 +4,15 @@ Token states of the text tower and patch states of the image tower are projected
 dimension (default 128) and L2-normalised. A query may combine an image and a question (FLMR):
 its vectors are the question's tokens followed by the image's patches. Documents may be text,
 images, or (text, image) pairs.
+
+Composition, not inheritance: the encoder holds a backbone (any ``Backbone`` with token/patch states:
+CLIP-like towers or region-feature backbones) and two projections; it is a ``MultiVectorEncoder``,
+not a ``DualEncoder`` with other return types.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,24 +20,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.images import open_image
-from ..errors import InvalidInputError
-from .backbones import XMODAL_CONFIG, Backbone
-from .dual import DualEncoder, _resolve_dtype
+from ..errors import InvalidInputError, ModelNotFoundError
+from ..runtime import place_model
+from .backbones import Backbone
+from .base import BackboneModel
+from .dual import DualEncoder
 from .loading import load_backbone
+from ..ops.maxsim import maxsim, pad
+from .registry import read_config, register_kind
+from .seeding import generator
 
 PROJECTION_WEIGHTS = "late_projection.safetensors"
 
 
-class LateInteractionEncoder(DualEncoder):
-    """Token- and patch-level vectors on a dual encoder's backbone; saved and loaded as one folder."""
+def _projection(in_dim: int, out_dim: int, gen: torch.Generator) -> nn.Linear:
+    """A bias-free ``nn.Linear`` with torch's default init, drawn from ``gen`` instead of the global RNG."""
+    layer = nn.utils.skip_init(nn.Linear, in_dim, out_dim, bias=False)
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)  # what nn.Linear.reset_parameters does
+    return layer
+
+
+@register_kind("late")
+class LateInteractionEncoder(BackboneModel):
+    """Token- and patch-level vectors on a backbone's towers; saved and loaded as one folder.
+
+    >>> late = load_model("runs/late")                       # doctest: +SKIP
+    >>> late.encode_text(["a dog"])                          # [(t, dim)] one array per text
+    >>> late.encode_query("which animal?", "dog.jpg")        # (t + p, dim): question tokens, then patches
+    """
 
     def __init__(self, backbone: Backbone, dim: int = 128, model_id: str | None = None, seed: int = 0) -> None:
         super().__init__(backbone, model_id=model_id)
-        cfg = backbone.model.config
-        torch.manual_seed(seed)
-        self.text_proj = nn.Linear(int(cfg.text_config.hidden_size), dim, bias=False)
-        self.image_proj = nn.Linear(int(cfg.vision_config.hidden_size), dim, bias=False)
+        text_dim, image_dim = backbone.state_dims
+        gen = generator(seed)
+        self.text_proj = _projection(text_dim, dim, gen)
+        self.image_proj = _projection(image_dim, dim, gen)
         self.dim = dim
 
     @property
@@ -46,41 +67,44 @@ class LateInteractionEncoder(DualEncoder):
         return cls(dual.backbone, dim=dim, model_id=f"{dual.model_id}+late{dim}", seed=seed).to(dual.device)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | None = None, dtype: Any = None,
+    def from_pretrained(cls, name_or_path: str | Path, device: Any = None, dtype: Any = None,
                         dim: int = 128) -> "LateInteractionEncoder":
-        """A saved late-interaction folder, or any dual-encoder name/folder (projections then start random)."""
+        """A saved late-interaction folder; or, explicitly, any dual-encoder name/folder wrapped with fresh
+        (random, seed 0) projections of size ``dim`` -- ``load_model`` never does this by itself."""
         from safetensors.torch import load_model
 
-        folder = Path(str(name_or_path))
-        meta = json.loads((folder / XMODAL_CONFIG).read_text()) if (folder / XMODAL_CONFIG).exists() else {}
-        if meta.get("kind") == "late":
-            model = cls(load_backbone(folder), dim=meta["dim"], model_id=meta.get("model_id"))
-            load_model(model, str(folder / PROJECTION_WEIGHTS), strict=False)
+        config = read_config(name_or_path)
+        if config is not None and config.kind == cls.kind:
+            if "dim" not in config.dims:
+                raise ModelNotFoundError(f"'{name_or_path}' is a late-interaction folder without its vector size "
+                                         "(xmodal.json dims.dim); save it again with LateInteractionEncoder.save().")
+            model = cls(load_backbone(name_or_path), dim=int(config.dims["dim"]), model_id=config.model_id)
+            load_model(model, str(Path(str(name_or_path)) / PROJECTION_WEIGHTS), strict=False)
         else:
-            model = cls.from_dual(DualEncoder.from_pretrained(name_or_path), dim=dim)
-        model.eval()
-        return model.to(device=device or "cpu", dtype=_resolve_dtype(dtype))
-
-    kind = "late"
+            model = cls.from_dual(DualEncoder.from_pretrained(name_or_path, device="cpu"), dim=dim)
+        return place_model(model, device, dtype)
 
     def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         save_file({"text_proj.weight": self.text_proj.weight.detach().contiguous(),
                    "image_proj.weight": self.image_proj.weight.detach().contiguous()}, str(folder / PROJECTION_WEIGHTS))
-        return {"dim": self.dim}
+        return {"dims": {"dim": self.dim}}
 
     # ------------------------------------------------------------------ differentiable token vectors
     def text_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``(n, t, dim)`` L2-normalised token vectors and ``(n, t)`` bool mask of a tokenized batch."""
         h, mask = self.backbone.text_states(self._to_device(batch))
         return nn.functional.normalize(self.text_proj(h.to(self.text_proj.weight.dtype)), dim=-1), mask.bool()
 
     def image_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``(n, p, dim)`` patch/region vectors and ``(n, p)`` bool mask of a preprocessed batch."""
         h, mask = self.backbone.image_states(self._to_device(batch))
         return nn.functional.normalize(self.image_proj(h.to(self.image_proj.weight.dtype)), dim=-1), mask.bool()
 
     # ------------------------------------------------------------------ inference
-    def _ragged(self, vecs: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
+    @staticmethod
+    def _ragged(vecs: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
         v, m = vecs.float().cpu().numpy(), mask.cpu().numpy()
         return [v[i][m[i]] for i in range(len(v))]
 
@@ -93,19 +117,23 @@ class LateInteractionEncoder(DualEncoder):
         return out
 
     def encode_image(self, images: Sequence[Any] | Any, batch_size: int = 32, show_progress: bool | None = None,
-                     convert_to: str = "numpy") -> np.ndarray:
-        """Patch vectors ``(n, patches, dim)``: every image of a model has the same number of patches."""
+                     convert_to: str = "numpy") -> np.ndarray | list[np.ndarray]:
+        """Patch vectors: ``(n, patches, dim)`` when every image has as many (pixel towers); otherwise (region
+        features, whose count varies) one ``(r_i, dim)`` array per image. Inputs go through ``load_image``."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        chunks = []
+        out: list[np.ndarray] = []
         with torch.inference_mode():
             for s in range(0, len(images), batch_size):
-                batch = self.backbone.preprocess([open_image(x) for x in images[s:s + batch_size]])
-                chunks.append(self.image_tokens(batch)[0].float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, 1, self.dim), dtype=np.float32)
+                batch = self.backbone.preprocess([self.load_image(x) for x in images[s:s + batch_size]])
+                out += self._ragged(*self.image_tokens(batch))
+        if not out:
+            return np.zeros((0, 1, self.dim), dtype=np.float32)
+        return np.stack(out) if len({len(v) for v in out}) == 1 else out
 
     def encode_text(self, texts: Sequence[str] | str, batch_size: int = 64, show_progress: bool | None = None,
-                    convert_to: str = "numpy") -> list[np.ndarray]:  # type: ignore[override]
+                    convert_to: str = "numpy") -> list[np.ndarray]:
+        """One ``(t_i, dim)`` array per text."""
         if isinstance(texts, str):
             texts = [texts]
         for i, t in enumerate(texts):
@@ -138,10 +166,8 @@ class LateInteractionEncoder(DualEncoder):
         return self.encode_items([(text, image)])[0]
 
     @staticmethod
-    def similarity(a: Any, b: Any) -> np.ndarray:  # type: ignore[override]
-        """MaxSim matrix between two lists of multi-vector items."""
-        from ..indexes.maxsim import maxsim, pad
-
+    def similarity(a: Any, b: Any) -> np.ndarray:
+        """MaxSim matrix ``(len(a), len(b))`` between two lists of multi-vector items (``a`` is the query side)."""
         qa, ma = pad(a)
         qb, mb = pad(b)
         return maxsim(qa, ma, qb, mb).numpy()

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFoundError
-from .backbones import XMODAL_CONFIG, Backbone, HFBackbone, OpenClipBackbone
+from .backbones import Backbone, HFBackbone, OpenClipBackbone
+from .region_backbones import BACKBONES as REGION_BACKBONES
+from .region_backbones import load_region_backbone
+from .registry import read_config
 
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_PREFIX = "hf:"
@@ -45,15 +48,13 @@ def load_backbone(name_or_path: str | os.PathLike) -> Backbone:
 
 
 def _load_local_folder(path: Path) -> Backbone:
-    if (path / XMODAL_CONFIG).exists():
-        meta = json.loads((path / XMODAL_CONFIG).read_text())
-        if meta.get("backend") == "open_clip":
+    config = read_config(path)
+    if config is not None:
+        if config.backend == "open_clip":
             return _load_open_clip_folder(path)
-        if meta.get("backend") in ("regions", "single-stream"):
-            from .regions import load_region_backbone
-
-            return load_region_backbone(path, meta["backend"], name=meta.get("model_id"))
-        return _load_hf(str(path), display=meta.get("model_id") or str(path))
+        if config.backend in REGION_BACKBONES:
+            return load_region_backbone(path, config.backend, name=config.model_id)
+        return _load_hf(str(path), display=config.model_id or str(path))
     if (path / "open_clip_config.json").exists():
         return _load_open_clip_folder(path)
     if (path / "config.json").exists():
@@ -97,6 +98,22 @@ def _load_hf(name: str, display: str) -> HFBackbone:
         )
     model.eval()
     return HFBackbone(model, tokenizer, image_processor, name=display)
+
+
+def load_text_encoder(name_or_path: str) -> tuple[Any, Any]:
+    """A pretrained text encoder + tokenizer (hub id or folder) to start a region model from, e.g. ``bert-base-uncased``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        local = Path(name_or_path).is_dir()
+        hint = "" if local else " " + _hub_help(name_or_path)
+        raise ModelNotFoundError(f"could not load text encoder '{name_or_path}' "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).{hint}") from e
+    return model, tokenizer
+
 
 
 def _import_open_clip() -> Any:

@@ -16,64 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-
-# config.json ``model_type`` -> xmodal model kind of a pretrained late-interaction checkpoint
-PRETRAINED_LATE_TYPES = {"colpali": "colpali", "colqwen2": "colpali", "flmr": "flmr"}
-
+from ..ops.maxsim import maxsim, pad
+from ..runtime import resolve_device, resolve_dtype
+from .registry import read_checkpoint_config  # noqa: F401  (re-exported for colpali/flmr)
 
 def resolve(device: Any, dtype: Any) -> tuple[str, Any]:
     """``(device, torch dtype or None)`` through ``xmodal.runtime`` (one error text for bad values everywhere)."""
-    try:
-        from ..runtime import resolve_device, resolve_dtype
-    except ImportError:  # until xmodal.runtime lands on main: the same rules, minimal
-        import torch
-
-        from .dual import _resolve_dtype
-
-        dev = "cuda" if device in (None, "auto") and torch.cuda.is_available() else (
-            "cpu" if device in (None, "auto") else str(device))
-        return dev, _resolve_dtype(dtype)
     dev = resolve_device(device)
     return dev, resolve_dtype(dtype, dev)
-
-
-def read_checkpoint_config(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``config.json`` of a local folder or of a hub id (cache first); ``None`` when there is none to read."""
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_dir():
-        cfg = path / "config.json"
-        return json.loads(cfg.read_text()) if cfg.exists() else None
-    name = str(name_or_path)
-    if name.startswith("hf:"):
-        name = name[3:]
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        return None
-    try:  # a hub id: the cached/downloaded config.json (fails fast offline)
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(name, "config.json")).read_text())
-    except Exception:
-        return None
-
-
-def pretrained_late_kind(name_or_path: str | os.PathLike) -> str | None:
-    """``"colpali"`` / ``"flmr"`` when the checkpoint's own config names such a model, else ``None``."""
-    cfg = read_checkpoint_config(name_or_path)
-    return PRETRAINED_LATE_TYPES.get(str((cfg or {}).get("model_type", "")).lower())
-
-
-def load_pretrained_late(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = None) -> Any:
-    """A ColPali/ColQwen2/FLMR checkpoint (told apart by its own config.json), or ``None`` for any other model."""
-    kind = pretrained_late_kind(name_or_path)
-    if kind == "colpali":
-        from .colpali import ColPaliEncoder
-
-        return ColPaliEncoder.from_pretrained(name_or_path, device=device, dtype=dtype)
-    if kind == "flmr":
-        from .flmr import FLMREncoder
-
-        return FLMREncoder.from_pretrained(name_or_path, device=device, dtype=dtype)
-    return None
 
 
 class MultiVectorEncoderMixin:
@@ -168,8 +118,6 @@ class MultiVectorEncoderMixin:
     @staticmethod
     def similarity(a: Any, b: Any) -> np.ndarray:
         """MaxSim matrix between two lists of multi-vector items (rows: ``a`` as queries)."""
-        from ..indexes.maxsim import maxsim, pad
-
         qa, ma = pad(list(a))
         qb, mb = pad(list(b))
         return maxsim(qa, ma, qb, mb).numpy()

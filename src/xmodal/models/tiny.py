@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-import torch
+from ..errors import InvalidInputError
+from .seeding import local_rng
 
 # Words of the synthetic benchmark and of common captions; a word-level vocabulary is enough for a
 # tiny model and keeps token ids readable in tests.
@@ -110,21 +111,21 @@ def build_tiny_model(
                   num_attention_heads=heads, image_size=image_size, patch_size=patch_size, num_channels=3)
     text = dict(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                 num_attention_heads=heads, max_position_embeddings=max_text_len, **special)
-    torch.manual_seed(seed)
-    if arch == "clip":
-        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
-        model, processor = CLIPModel(config), _image_processor(image_size)
-    elif arch == "siglip":
-        config = SiglipConfig(text_config=text, vision_config=vision)
-        model = SiglipModel(config)
-        processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    elif arch == "chinese_clip":
-        text_bert = {k: v for k, v in text.items() if k not in ("bos_token_id", "eos_token_id")}
-        text_bert.update(type_vocab_size=2)
-        config = ChineseCLIPConfig(text_config=text_bert, vision_config=vision, projection_dim=projection_dim)
-        model, processor = ChineseCLIPModel(config), _image_processor(image_size)
-    else:
-        raise ValueError(f"unknown tiny arch '{arch}'; use clip, siglip or chinese_clip")
+    if arch not in ("clip", "siglip", "chinese_clip"):
+        raise InvalidInputError(f"unknown tiny arch '{arch}'; use clip, siglip or chinese_clip.")
+    with local_rng(seed):
+        if arch == "clip":
+            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+            model, processor = CLIPModel(config), _image_processor(image_size)
+        elif arch == "siglip":
+            config = SiglipConfig(text_config=text, vision_config=vision)
+            model = SiglipModel(config)
+            processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        elif arch == "chinese_clip":
+            text_bert = {k: v for k, v in text.items() if k not in ("bos_token_id", "eos_token_id")}
+            text_bert.update(type_vocab_size=2)
+            config = ChineseCLIPConfig(text_config=text_bert, vision_config=vision, projection_dim=projection_dim)
+            model, processor = ChineseCLIPModel(config), _image_processor(image_size)
     model.eval()
     encoder = DualEncoder(HFBackbone(model, tokenizer, processor, name=f"tiny-{arch}"), model_id=f"tiny-{arch}")
     if folder is None:

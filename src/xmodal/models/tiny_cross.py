@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-import torch
-
+from .seeding import local_rng
 from .tiny import tiny_tokenizer, tiny_vocab
 
 
@@ -24,8 +23,8 @@ def build_tiny_blip(folder: str | Path | None = None, *, hidden: int = 32, layer
                 pad_token_id=0, bos_token_id=vocab.index("[CLS]"), sep_token_id=vocab.index("[SEP]"))
     vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   image_size=image_size, patch_size=patch_size)
-    torch.manual_seed(seed)
-    model = BlipForImageTextRetrieval(BlipConfig(text_config=text, vision_config=vision, projection_dim=hidden)).eval()
+    with local_rng(seed):
+        model = BlipForImageTextRetrieval(BlipConfig(text_config=text, vision_config=vision, projection_dim=hidden)).eval()
     processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     enc = CrossEncoder(model, tokenizer, processor, name="tiny-blip")
     if folder is None:

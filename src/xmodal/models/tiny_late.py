@@ -13,6 +13,8 @@ from typing import Iterable
 
 import torch
 
+from .seeding import local_rng
+
 _WORDS = ("question query describe the image . : ? what which is a an of page about shows show red blue green cat dog "
           "table chart revenue report title figure number one two three capital city paris france").split()
 
@@ -48,8 +50,8 @@ def build_tiny_colpali(folder: str | Path, *, extra_texts: Iterable[str] = (), i
                   projection_dim=hidden)
     vlm = PaliGemmaConfig(text_config=text, vision_config=vision, image_token_id=processor.image_token_id,
                           projection_dim=hidden, hidden_size=hidden)
-    torch.manual_seed(seed)
-    model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=dim)).eval()
+    with local_rng(seed):
+        model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=dim)).eval()
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -89,8 +91,8 @@ def build_tiny_colqwen2(folder: str | Path, *, extra_texts: Iterable[str] = (), 
     vlm = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                         vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=dim)).eval()
+    with local_rng(seed):
+        model = ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=dim)).eval()
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -144,7 +146,6 @@ def build_tiny_flmr(folder: str | Path, *, preflmr: bool = True, separate_towers
         "text_config": text_config, "vision_config": vision_config,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    torch.manual_seed(seed)
     bert_cfg = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
     clip_cfg = CLIPVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
 
@@ -162,15 +163,16 @@ def build_tiny_flmr(folder: str | Path, *, preflmr: bool = True, separate_towers
                 **prefixed(f"{side}_vision_encoder.vision_model", CLIPVisionModel(clip_cfg)),
                 **mlp(f"{side}_vision_projection")}
 
-    state = towers("query")
-    if separate_towers:
-        state.update(towers("context"))
-    if preflmr:
-        map_cfg = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
-        map_cfg.num_hidden_layers, map_cfg.is_decoder, map_cfg.add_cross_attention = 1, True, True
-        state.update(prefixed("transformer_mapping_input_linear", torch.nn.Linear(hidden, hidden)))
-        state.update(prefixed("transformer_mapping_network", BertEncoder(map_cfg)))
-        state.update(prefixed("transformer_mapping_output_linear", torch.nn.Linear(hidden, dim)))
+    with local_rng(seed):
+        state = towers("query")
+        if separate_towers:
+            state.update(towers("context"))
+        if preflmr:
+            map_cfg = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
+            map_cfg.num_hidden_layers, map_cfg.is_decoder, map_cfg.add_cross_attention = 1, True, True
+            state.update(prefixed("transformer_mapping_input_linear", torch.nn.Linear(hidden, hidden)))
+            state.update(prefixed("transformer_mapping_network", BertEncoder(map_cfg)))
+            state.update(prefixed("transformer_mapping_output_linear", torch.nn.Linear(hidden, dim)))
     save_file(state, str(folder / "model.safetensors"))
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
                        ).save_pretrained(folder)

@@ -9,33 +9,26 @@ import numpy as np
 
 from ..data.images import open_image
 from ..errors import InvalidInputError
+from ..models.roles import MultiVectorEncoder, PairScorer, SingleVectorEncoder
 from .results import SearchResult
 
-
-class Reranker(Protocol):
-    """A model that reads a (query, candidate) pair jointly and scores it.
-
-    ``score(queries, candidates)`` takes two aligned lists (pair i is ``(queries[i], candidates[i])``);
-    a query/candidate is a text (``str``) or an image (PIL image, path or bytes). Returns ``(n,)``
-    float32 scores, higher = better match.
-    """
-
-    def score(self, queries: Sequence[Any], candidates: Sequence[Any], batch_size: int = ...) -> np.ndarray: ...
+Reranker = PairScorer  # the role a reranker plays (kept under the name this module used first)
 
 
 class Retriever:
     """Search an index with a dual encoder; rerank the top ``depth`` with a cross-encoder if one is given.
 
     Args:
-        encoder: a ``DualEncoder`` (or anything with ``encode_text``/``encode_image``).
+        encoder: a ``SingleVectorEncoder`` (e.g. ``DualEncoder``) or a ``MultiVectorEncoder`` (late interaction).
         index: an ``Index`` built from the *other* modality's embeddings of the same encoder.
-        reranker: optional ``Reranker``; it needs the candidates' raw content, given by ``resolve``.
+        reranker: optional ``PairScorer``; it needs the candidates' raw content, given by ``resolve``.
         depth: how many candidates the index returns for reranking.
         resolve: item id -> raw content (image path/PIL or text) for the reranker. Defaults to the
             index metadata's ``path`` (joined to ``root``) or ``text`` field.
     """
 
-    def __init__(self, encoder: Any, index: Any, reranker: Reranker | None = None, depth: int = 50,
+    def __init__(self, encoder: SingleVectorEncoder | MultiVectorEncoder, index: Any, reranker: PairScorer | None = None,
+                 depth: int = 50,
                  resolve: Any = None, root: str | None = None) -> None:
         self.encoder = encoder
         self.index = index
@@ -63,7 +56,7 @@ class Retriever:
         if text is None and image is None:
             raise InvalidInputError("give a text query, an image query, or both.")
         load = getattr(self.encoder, "load_image", open_image)  # pixels, or region features for region models
-        if hasattr(self.encoder, "encode_query"):  # late interaction: question tokens + image patches
+        if isinstance(self.encoder, MultiVectorEncoder):  # late interaction: question tokens + image patches
             return self.encoder.encode_query(text=text, image=None if image is None else load(image))
         vecs = []
         if text is not None:
