@@ -1,6 +1,6 @@
 """Encoders: dual encoders (CLIP/SigLIP/Chinese-CLIP/open_clip), late interaction, cross-encoders, region models.
 
-``load_model(path)`` opens any saved model by the kind recorded in its ``xmodal.json`` (see ``registry``);
+``load_model(path)`` opens any saved model by the kind recorded in its ``ModelConfig`` (see ``registry``);
 ``roles`` names what a model can do (``SingleVectorEncoder``, ``MultiVectorEncoder``, ``PairScorer``).
 """
 

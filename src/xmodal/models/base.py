@@ -26,7 +26,7 @@ class BackboneModel(nn.Module):
             never queried with another model's vectors.
     """
 
-    kind = "?"  # set by @register_kind; written to xmodal.json
+    kind = "?"  # set by @register_kind; saved in the ModelConfig
 
     def __init__(self, backbone: Backbone, model_id: str | None = None) -> None:
         super().__init__()
@@ -35,7 +35,7 @@ class BackboneModel(nn.Module):
 
     # ------------------------------------------------------------------ saving
     def save(self, folder: str | Path) -> Path:
-        """Write the backbone's files (``config.json`` + weights + tokenizer/processor) and ``xmodal.json``."""
+        """Write the backbone's files (``config.json`` + weights + tokenizer/processor) and the ``ModelConfig``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save(folder)

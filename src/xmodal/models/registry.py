@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..errors import InvalidInputError, ModelNotFoundError
+from ..io import atomic_write_json
 from .roles import ROLE_NAMES, MultiVectorEncoder, PairScorer, as_role
 
 CONFIG_FILE = "xmodal.json"
@@ -80,10 +81,8 @@ def read_config(name_or_path: str | Path) -> ModelConfig | None:
 
 
 def write_config(folder: str | Path, config: ModelConfig) -> Path:
-    """Write ``config`` as ``folder/xmodal.json``."""
-    file = Path(folder) / CONFIG_FILE
-    file.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-    return file
+    """Write ``config`` as ``folder/xmodal.json`` (atomically: a reader never sees half a file)."""
+    return atomic_write_json(Path(folder) / CONFIG_FILE, config.to_dict())
 
 
 def read_checkpoint_config(name_or_path: str | Path) -> dict[str, Any] | None:
