@@ -49,3 +49,22 @@ def test_clear_errors_without_tracebacks(tiny_model_dir, image_folder, tmp_path)
         r = run(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert expected in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_odd_names_keep_the_table_one_row_per_result_and_huge_k_is_clamped(tiny_model_dir, tmp_path):
+    """Issue 19 items 9 and 14: a newline / undecodable byte in a file name is escaped in the table;
+    -k 1000000000 returns every item instead of a MemoryError."""
+    from PIL import Image
+
+    from xmodal.collection import build_collection
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, colour in [(b"two\nlines.png", "red"), (b"caf\xe9.png", "blue"), (b"plain.png", "green")]:
+        Image.new("RGB", (32, 32), colour).save(os.path.join(os.fsencode(folder), name), format="PNG")
+    build_collection(folder, str(tiny_model_dir), tmp_path / "idx", show_progress=False)
+    r = run("search", str(tmp_path / "idx"), "a red square", "-k", "1000000000")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("3 results") and len(lines) == 4
+    assert any("two\\nlines.png" in ln for ln in lines) and any("caf\\xe9.png" in ln for ln in lines)

@@ -126,6 +126,19 @@ def test_region_features_validation():
         RegionFeatures(np.array([["a"]]), np.ones((1, 4)))
 
 
+@pytest.mark.parametrize("bad", ["regions", "boxes"])
+def test_region_features_refuse_nan_and_inf(bad):
+    """Issue 19 item 19: NaN features were accepted and poisoned every similarity of the image."""
+    regions, boxes = np.ones((3, 5)), np.ones((3, 4))
+    (regions if bad == "regions" else boxes)[1, 2] = np.nan
+    with pytest.raises(DatasetFormatError, match=f"{bad} contain NaN"):
+        RegionFeatures(regions, boxes)
+    regions[1, 2] = boxes[1, 2] = 1.0
+    (regions if bad == "regions" else boxes)[0, 0] = np.inf
+    with pytest.raises(DatasetFormatError, match="NaN or infinite"):
+        RegionFeatures(regions, boxes)
+
+
 # ----------------------------------------------------------------------------------------- TSV
 def b64(a, dtype="<f4") -> str:
     return base64.b64encode(np.asarray(a, dtype=dtype).tobytes()).decode()

@@ -142,3 +142,23 @@ def test_reranker_really_reorders_planted_case(tiny_model, tmp_path):
     # k < depth: the reranked top of the same short list, and rerank=False gives back the dual-encoder order
     assert retr.search(text=query, k=2).ids == res.ids[:2]
     assert retr.search(text=query, k=6, rerank=False).ids == plain.ids
+
+
+class _VectorEncoder:
+    embedding_dim = 4
+
+    def encode_text(self, texts, show_progress=False):
+        return np.tile(np.array([[1, 0, 0, 0]], dtype=np.float32), (len(texts), 1))
+
+
+def test_huge_k_is_clamped_to_the_index_and_k_must_be_an_int():
+    """Issue 19 item 9: k=1_000_000_000 asked FAISS for (1, 1e9) result arrays (MemoryError)."""
+    index = FaissIndex(4)
+    index.add(["a", "b", "c"], np.eye(4, dtype=np.float32)[:3])
+    r = Retriever(_VectorEncoder(), index)
+    res = r.search(text="x", k=1_000_000_000)
+    assert res.ids == ["a", "b", "c"] or sorted(res.ids) == ["a", "b", "c"]
+    assert res.ids[0] == "a"
+    for bad in (1.7, True, "3", 0):
+        with pytest.raises(InvalidInputError, match="k must be a positive integer"):
+            r.search(text="x", k=bad)

@@ -107,6 +107,7 @@ def search(
 ) -> None:
     """Search an index by text and/or image; prints rank, score, id and path."""
     from ..collection import open_collection
+    from ..data.ids import printable_id
 
     if query is not None and not query.strip():
         raise InvalidInputError("the query is empty; give some text or --image.")
@@ -140,7 +141,8 @@ def search(
     if tuning is not None:
         typer.echo(f"index {collection.index.kind}: {tuning.describe()}")
     for rank, (i, s, p) in enumerate(zip(result.ids, result.scores, paths), start=1):
-        typer.echo(f"{rank:>3}  {s:+.4f}  {i}  {p}")
+        # ids/paths may hold newlines or undecodable bytes (file names can): escape them, one row per line
+        typer.echo(f"{rank:>3}  {s:+.4f}  {printable_id(i)}  {printable_id(p)}")
 
 
 def register(app: typer.Typer) -> None:

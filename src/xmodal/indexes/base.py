@@ -12,12 +12,13 @@ Contract (see DESIGN.md):
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CorruptIndexError, InvalidInputError
 
 
 @runtime_checkable
@@ -69,7 +70,13 @@ def as_float32_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> n
 
 def check_new_ids(ids: Sequence[str], existing: Mapping[str, Any] | set[str], n_vectors: int) -> list[str]:
     """Validate ids for ``add``: strings, unique, one per vector, not already present."""
-    ids = [str(i) for i in ids]
+    if isinstance(ids, (str, bytes)):
+        raise InvalidInputError(f"ids must be a list of strings, one per vector; got the single string {ids!r:.60}.")
+    ids = list(ids)
+    bad = [i for i in ids if not isinstance(i, str)]
+    if bad:  # None or (2, 3) would silently become the ids "None" and "(2, 3)"
+        raise InvalidInputError(f"ids must be strings; got {type(bad[0]).__name__} {bad[0]!r:.60} "
+                                f"({len(bad)} of {len(ids)} ids are not strings).")
     if len(ids) != n_vectors:
         raise InvalidInputError(f"got {len(ids)} ids for {n_vectors} vectors; give exactly one id per vector.")
     if len(set(ids)) != len(ids):
@@ -81,6 +88,38 @@ def check_new_ids(ids: Sequence[str], existing: Mapping[str, Any] | set[str], n_
             f"{len(clash)} ids are already in the index (e.g. {clash[:3]}); remove them first to replace them."
         )
     return ids
+
+
+def as_id_filter(filter: Any) -> set[str] | None:
+    """A search ``filter`` as a set of ids; a bare string would otherwise be iterated per character."""
+    if filter is None:
+        return None
+    if isinstance(filter, (str, bytes)) or not isinstance(filter, Iterable):
+        raise InvalidInputError(f"filter must be a collection of ids (e.g. a list or set); got {filter!r:.60}.")
+    ids = set(filter)
+    bad = next((i for i in ids if not isinstance(i, str)), None)
+    if bad is not None:
+        raise InvalidInputError(f"filter must hold string ids; got {type(bad).__name__} {bad!r:.60}.")
+    return ids
+
+
+def check_dim(dim: Any) -> int:
+    """A vector dimension: a positive int (``FaissIndex("8")`` used to fail deep inside with a TypeError)."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise InvalidInputError(f"dimension must be a positive integer; got {dim!r:.40}.")
+    return int(dim)
+
+
+def read_index_json(path: Path, lines: bool = False) -> Any:
+    """A JSON (or JSON-lines) file of an index folder; a damaged one is a ``CorruptIndexError`` naming it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return [json.loads(ln) for ln in text.splitlines() if ln.strip()] if lines else json.loads(text)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"index file '{Path(path).name}' is missing from '{Path(path).parent}'.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptIndexError(f"index file '{path}' is damaged (not valid JSON: {e}); rebuild the index "
+                                "or restore it from a backup.") from None
 
 
 def check_k(k: int) -> int:

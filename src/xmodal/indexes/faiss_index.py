@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from .base import as_float32_matrix, check_k, check_new_ids
+from .base import as_float32_matrix, as_id_filter, check_dim, check_k, check_new_ids, read_index_json
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .sizing import ivf_nlist
 from .recall import Tuning, exact_topk, recall_at_k
@@ -71,9 +71,7 @@ class FaissIndex:
             raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
         if metric not in ("ip", "l2"):
             raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
-        if dim < 1:
-            raise InvalidInputError(f"dimension must be positive; got {dim}.")
-        self.dim = int(dim)
+        self.dim = check_dim(dim)
         self.kind = kind
         self.metric = metric
         self.model_id = model_id
@@ -277,7 +275,7 @@ class FaissIndex:
         q = as_float32_matrix(queries, self.dim, what="queries")
         if self._index is None or len(self) == 0:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
-        scores, labels = self._search_labels(q, k, filter)
+        scores, labels = self._search_labels(q, k, as_id_filter(filter))
         ids = self._lookup()[labels]
         missing = labels < 0
         if missing.any():
@@ -490,14 +488,17 @@ class FaissIndex:
         params = dict(m.params)
         kind = params.pop("kind", "flat")
         self = cls(m.dimension, kind=kind, metric=m.metric, model_id=m.model_id, **params)
-        raw = json.loads(m.path(path, "ids.json").read_text())
-        self._ids = raw["ids"]
-        self._removed = set(raw.get("removed", []))
-        self._label = {i: lab for lab, i in enumerate(self._ids) if i is not None}
-        with open(m.path(path, "metadata.jsonl")) as f:
-            for line in f:
-                rec = json.loads(line)
+        raw = read_index_json(m.path(path, "ids.json"))
+        try:
+            self._ids = list(raw["ids"])
+            self._removed = set(raw.get("removed", []))
+            self._label = {i: lab for lab, i in enumerate(self._ids) if i is not None}
+            for rec in read_index_json(m.path(path, "metadata.jsonl"), lines=True):
                 self._meta[rec["id"]] = rec["meta"]
+        except (KeyError, TypeError, AttributeError) as e:
+            from ..errors import CorruptIndexError
+
+            raise CorruptIndexError(f"index '{path}': ids.json or metadata.jsonl has the wrong structure ({e!r}).") from None
         if "index.faiss" in m.checksums:
             self._index = faiss.read_index(str(m.path(path, "index.faiss")))
             self._apply_search_params()

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import IndexMismatchError, InvalidInputError
-from .base import as_float32_matrix, check_k, check_new_ids
+from .base import as_float32_matrix, as_id_filter, check_dim, check_k, check_new_ids
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 
 ENGINE = "milvus"
@@ -63,7 +63,7 @@ class MilvusIndex:
                  overwrite: bool = False, num_shards: int | None = None) -> None:
         if metric not in ("ip", "l2"):
             raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
-        self.dim, self.uri, self.collection, self.model_id = dim, uri, collection, model_id
+        self.dim, self.uri, self.collection, self.model_id = check_dim(dim), uri, collection, model_id
         self.token, self.index_type, self.metric = token, index_type, metric
         self.index_params = dict(index_params or {})  # build-time: M, efConstruction, nlist, m, nbits
         self.search_params = dict(search_params or {})  # query-time: ef, nprobe
@@ -149,6 +149,7 @@ class MilvusIndex:
         if not self._meta:
             return scores, out
         expr = ""
+        filter = as_id_filter(filter)
         if filter is not None:
             allowed = [i for i in filter if i in self._meta]
             if not allowed:

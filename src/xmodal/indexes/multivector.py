@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptIndexError, IndexMismatchError, InvalidInputError
-from .base import check_k, check_new_ids
+from .base import as_id_filter, check_dim, check_k, check_new_ids, read_index_json
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .maxsim import maxsim, pad
 from .sizing import plaid_centroids
@@ -62,9 +62,9 @@ class MultiVectorIndex:
                  seed: int = 0) -> None:
         if nbits not in (None, 1, 2, 4, 8):
             raise InvalidInputError(f"nbits must be 1, 2, 4, 8 or None (uncompressed); got {nbits}.")
-        if nbits and dim % (8 // nbits):
+        if nbits and check_dim(dim) % (8 // nbits):
             raise InvalidInputError(f"dimension {dim} must be a multiple of {8 // nbits} for nbits={nbits}.")
-        self.dim, self.nbits, self.model_id = dim, nbits, model_id
+        self.dim, self.nbits, self.model_id = check_dim(dim), nbits, model_id
         self.params = {"n_centroids": n_centroids, "nprobe": nprobe, "ncandidates": ncandidates,
                        "kmeans_iters": kmeans_iters, "max_train_tokens": max_train_tokens, "seed": seed}
         self._ids: list[str] = []
@@ -257,6 +257,7 @@ class MultiVectorIndex:
         if not self._ids:
             return scores, ids
         allowed = None
+        filter = as_id_filter(filter)
         if filter is not None:
             allowed = np.array(sorted(self._label[i] for i in filter if i in self._label), dtype=np.int64)
         for n, q in enumerate(qs):
@@ -330,9 +331,9 @@ class MultiVectorIndex:
         else:
             for name in ("codes", "packed", "centroids", "cutoffs", "weights"):
                 setattr(self, "_" + name if name in ("codes", "packed") else name, np.load(m.path(path, f"{name}.npy")))
-        self._ids = json.loads(m.path(path, "ids.json").read_text())
+        self._ids = read_index_json(m.path(path, "ids.json"))
         self._label = {i: n for n, i in enumerate(self._ids)}
-        self._meta = json.loads(m.path(path, "metadata.json").read_text())
+        self._meta = read_index_json(m.path(path, "metadata.json"))
         if len(self._ids) != m.count or len(self._doclens) != m.count:
             raise CorruptIndexError(f"index '{path}' lists {len(self._ids)} ids but its manifest says {m.count}.")
         return self

@@ -69,8 +69,8 @@ class Retriever:
     def search(self, text: str | None = None, image: Any = None, k: int = 10, rerank: bool | None = None,
                depth: int | None = None, filter: Any = None) -> SearchResult:
         """Top-``k`` items for a text and/or image query; reranked when a reranker is set (and ``rerank`` is not False)."""
-        if k < 1:
-            raise InvalidInputError(f"k must be >= 1; got {k}.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer; got {k!r:.40}.")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         q = self._embed_query(text, image)
@@ -79,6 +79,10 @@ class Retriever:
         if rerank and self.reranker is None:
             raise InvalidInputError("reranking was asked for but this retriever has no reranker.")
         depth = max(k, depth or self.depth) if use_rerank else k
+        # never ask the index for more than it holds: -k 1000000000 would allocate (q, k) result arrays
+        size = len(self.index) if hasattr(self.index, "__len__") else None
+        if size is not None:
+            depth = max(1, min(depth, size))
         t0 = time.perf_counter()
         scores, ids = self.index.search([q] if q.ndim == 2 else q[None, :], depth, filter=filter)
         timings["retrieve"] = time.perf_counter() - t0

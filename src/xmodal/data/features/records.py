@@ -58,6 +58,10 @@ class RegionFeatures:
             raise DatasetFormatError(f"boxes must have shape ({r}, 4) to match {r} regions, got {boxes.shape}.")
         self.regions = np.ascontiguousarray(regions, dtype=np.float32)
         self.boxes = np.ascontiguousarray(boxes, dtype=np.float32)
+        # NaN/inf would flow silently into every similarity of this image (and into training losses)
+        for name, arr in (("regions", self.regions), ("boxes", self.boxes)):
+            if not np.isfinite(arr).all():
+                raise DatasetFormatError(f"{name} contain NaN or infinite values; the feature extractor's output is broken.")
         if self.labels is not None:
             labels = _numeric(self.labels, "labels")
             if labels.shape != (r,):
