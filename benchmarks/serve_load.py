@@ -2,9 +2,12 @@
 
 Starts a real uvicorn server on 127.0.0.1 over an index (default: builds the offline demo's index
 if --index is not given), then sends --requests text searches from --concurrency client threads.
-Only 127.0.0.1 is ever contacted; the loop is bounded in count and time.
+Only 127.0.0.1 is ever contacted; the loop is bounded in count and time. The server runs with xmodal's
+own uvicorn config (``server_config``: request guard, header-read timeout), and the process RSS (server
+and client threads together) is sampled every 0.2 s: after warm-up, peak during the load, and at the end.
 
     python benchmarks/serve_load.py --requests 2000 --concurrency 8
+    python benchmarks/serve_load.py --requests 3500 --concurrency 500      # the issue-19 load figures
     python benchmarks/serve_load.py --index xmodal-demo/index --rerank path/to/joint --depth 20
 """
 
@@ -33,21 +36,29 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--demo-steps", type=int, default=300, help="training steps of the demo model (no --index)")
     ap.add_argument("--time-limit", type=float, default=300.0, help="stop sending after this many seconds")
     args = ap.parse_args()
 
     from xmodal.server import create_app
 
+    try:
+        from xmodal.server.limits import server_config
+    except ImportError:  # an xmodal from before the request limits: measure it the same way, for comparison
+        def server_config(app, host, port):
+            return uvicorn.Config(app, host=host, port=port, log_level="warning")
+
     index = args.index
     if index is None:
         from xmodal.demo import run_demo
 
-        index = run_demo("/tmp/xmodal-serve-load", steps=300, echo=lambda *_: None, show_progress=False)["index"]
+        index = Path(f"/tmp/xmodal-serve-load-{args.demo_steps}/index")
+        if not (index / "collection.json").exists():
+            index = run_demo(index.parent, steps=args.demo_steps, echo=lambda *_: None, show_progress=False)["index"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(index, reranker=args.rerank), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(server_config(create_app(index, reranker=args.rerank), host="127.0.0.1", port=port))
     threading.Thread(target=server.run, daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     while True:
@@ -82,10 +93,22 @@ def main() -> None:
 
     for i in range(20):  # warm-up, not counted
         client.post("/search", json={"text": QUERIES[i % len(QUERIES)], "k": args.k})
+    rss = [_rss_mb()]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            rss.append(_rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.concurrency) as pool:
         list(pool.map(one, range(args.requests)))
     wall = time.perf_counter() - t0
+    sampling.set()
+    sampler.join()
+    rss.append(_rss_mb())
     server.should_exit = True
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     print(f"index {index} ({'rerank@' + str(args.depth) if args.rerank else 'retrieve only'}), k={args.k}, "
@@ -93,8 +116,17 @@ def main() -> None:
     print(f"{'requests ok':>12} {'failed':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{len(latencies):>12} {len(failures):>7} {len(latencies) / wall:>8.1f} {1000 * q[49]:>8.1f} "
           f"{1000 * q[94]:>8.1f} {1000 * q[98]:>8.1f} {1000 * max(latencies):>8.1f}")
+    print(f"process RSS (server + {args.concurrency} client threads): after warm-up {rss[0]:.0f} MB, "
+          f"peak {max(rss):.0f} MB, end {rss[-1]:.0f} MB")
     if failures:
         print("failures:", {f: failures.count(f) for f in set(failures)})
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,12 @@ def test_damaged_ids_json_is_a_corrupt_index_error(tmp_path):
     index = FaissIndex(8)
     index.add(["a", "b"], unit(2))
     index.save(tmp_path / "idx")
-    (tmp_path / "idx" / "ids.json").write_text("{not json")
-    with pytest.raises(CorruptIndexError, match="ids.json' is damaged"):
+    from xmodal.indexes.manifest import read_manifest
+
+    ids_file = read_manifest(tmp_path / "idx", verify=False).path(tmp_path / "idx", "ids.json")
+    ids_file.write_text("{not json")
+    with pytest.raises(CorruptIndexError, match="is damaged"):
         FaissIndex.load(tmp_path / "idx", verify=False)
-    (tmp_path / "idx" / "ids.json").write_text(json.dumps([1, 2]))
+    ids_file.write_text(json.dumps([1, 2]))
     with pytest.raises(CorruptIndexError, match="wrong structure"):
         FaissIndex.load(tmp_path / "idx", verify=False)
