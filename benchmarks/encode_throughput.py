@@ -17,6 +17,13 @@ Every run must produce the same ids and (within float tolerance) the same vector
     python benchmarks/encode_throughput.py                    # 2,000 images, about 1.5-2 minutes on 2 idle cores
     python benchmarks/encode_throughput.py --images 400       # quick check
     python benchmarks/encode_throughput.py --repeats 2        # best of two rounds, on a busy machine
+    python benchmarks/encode_throughput.py --gpu-only         # the GPU rows alone (needs CUDA; no Ray needed)
+
+GPU rows (printed when CUDA is available, or alone with ``--gpu-only``): the real ViT-B/32 layout (hidden 768,
+12 layers, 12 heads, MLP 3072, patch 32 at 224 px; random weights, built from a config) loaded through
+``DualEncoder.from_pretrained(..., device="cuda", dtype=...)``: images/s of the image tower on preprocessed
+batches (float16 and float32, same run), and end to end through ``encode_image`` on decoded images
+(CPU preprocessing included).
 """
 
 from __future__ import annotations
@@ -91,6 +98,85 @@ def time_stages(model_dir: Path, shard: Path, n: int, threads: int) -> tuple[flo
     return (t1 - t0) / n, (t2 - t1) / n, (t4 - t3) / n
 
 
+def build_vit_b32(folder: Path) -> Path:
+    """A random CLIP with OpenAI ViT-B/32's image tower layout (and a small text tower), saved as a checkpoint."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from xmodal.models.backbones import HFBackbone
+    from xmodal.models.dual import DualEncoder
+    from xmodal.models.tiny import _image_processor, tiny_tokenizer, tiny_vocab
+
+    vocab = tiny_vocab()
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=224, patch_size=32, num_channels=3)
+    text = dict(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=32, pad_token_id=0, bos_token_id=vocab.index("[CLS]"),
+                eos_token_id=vocab.index("[SEP]"))
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
+    DualEncoder(HFBackbone(model, tiny_tokenizer(vocab, 32), _image_processor(224), name="vit-b32-layout"),
+                model_id="vit-b32-layout").save(folder)
+    return folder
+
+
+def gpu_rows(work: Path, batch_size: int = 256, n_batches: int = 20, end_to_end_images: int = 512) -> None:
+    """images/s of the ViT-B/32 layout on the GPU: float16 vs float32 (same run), plus end to end via encode_image."""
+    import torch
+
+    from xmodal import DualEncoder
+
+    if not torch.cuda.is_available():
+        print("GPU rows: not measured (no CUDA device here).")
+        return
+    folder = build_vit_b32(work / "vit-b32")
+    name = torch.cuda.get_device_name(0)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch_size, 3, 224, 224, generator=g)
+    rows = []
+    for dtype in ("float16", "float32"):
+        model = DualEncoder.from_pretrained(folder, device="cuda", dtype=dtype)
+        batch = {"pixel_values": pixels.to("cuda")}
+        with torch.inference_mode():
+            for _ in range(3):
+                model.image_embeddings(batch)  # warm-up (kernels, allocator)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(n_batches):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model.image_embeddings(batch)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+        per_batch = sorted(times)[len(times) // 2]
+        rows.append((dtype, batch_size / per_batch, per_batch * 1000))
+        del model
+        torch.cuda.empty_cache()
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(end_to_end_images)]
+    model = DualEncoder.from_pretrained(folder, device="cuda", dtype="float16")
+    model.encode_image(images[:64], batch_size=64)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model.encode_image(images, batch_size=128)
+    torch.cuda.synchronize()
+    e2e = end_to_end_images / (time.perf_counter() - t0)
+    print(f"GPU: {name}, torch {torch.__version__}; ViT-B/32 layout (768 wide, 12 layers, patch 32, 224 px), "
+          f"random weights; image tower only, batch {batch_size}, median of {n_batches} batches (CUDA events)")
+    print()
+    print("| device | dtype | images/s (tower, preprocessed batches) | ms per batch | vs float32 |")
+    print("|--------|-------|----------------------------------------|--------------|------------|")
+    fp32 = rows[1][1]
+    for dtype, rate, ms in rows:
+        print(f"| cuda | {dtype} | {rate:,.0f} | {ms:.2f} | {rate / fp32:.2f}x |")
+    print(f"| cuda | float16, end to end (encode_image on {end_to_end_images} decoded 256 px images, CPU preprocessing) "
+          f"| {e2e:,.0f} | - | - |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
@@ -103,7 +189,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1, help="rounds over all configurations; the best time of each is kept")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU rows (ViT-B/32 layout, float16/float32)")
     args = ap.parse_args()
+    if args.gpu_only:
+        with tempfile.TemporaryDirectory(prefix="xmodal-encode-gpu-") as tmp:
+            gpu_rows(Path(tmp))
+        return
 
     import logging
 
@@ -200,6 +291,8 @@ def main() -> None:
     print()
     print(f"per image, 1 thread: JPEG decode {decode_s * 1e3:.1f} ms, preprocessing {prep_s * 1e3:.1f} ms, "
           f"forward pass {fwd_s * 1e3:.1f} ms; same ids in every run, max |vector difference| {max_diff:.1e}")
+    print()
+    gpu_rows(work)
     tmp.cleanup()
 
 
