@@ -7,7 +7,7 @@ and differ only in what they compute from it; neither subclasses the other.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +15,15 @@ from torch import nn
 from ..errors import InvalidInputError
 from .backbones import Backbone
 from .registry import ModelConfig, write_config
+
+
+def as_texts(texts: Sequence[str] | str) -> list[str]:
+    """A list of non-empty texts (one string counts as one text); an empty one is a one-line ``InvalidInputError``."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InvalidInputError(f"text #{i} is empty; give a non-empty query/caption.")
+    return texts
 
 
 class BackboneModel(nn.Module):

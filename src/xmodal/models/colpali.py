@@ -82,14 +82,6 @@ class ColPaliEncoder(MultiVectorEncoderMixin, nn.Module):
         self.processor.save_pretrained(folder)
         return folder
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def prepare_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.processor(text=texts, return_tensors="pt"))
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..runtime import place_model
-from .base import BackboneModel
+from .base import BackboneModel, as_texts
 from .loading import load_backbone
 from .registry import read_config, register_kind
 
@@ -84,13 +84,7 @@ class DualEncoder(BackboneModel):
         self, texts: Sequence[str] | str, batch_size: int = 64, show_progress: bool | None = None, convert_to: str = "numpy"
     ) -> np.ndarray | torch.Tensor:
         """Embed texts: ``(n, d)`` float32, L2-normalised, in input order."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InvalidInputError(f"text #{i} is empty; give a non-empty query/caption.")
-        return self._encode(texts, self.backbone.tokenize, self.text_embeddings, batch_size, show_progress,
+        return self._encode(as_texts(texts), self.backbone.tokenize, self.text_embeddings, batch_size, show_progress,
                             "encode text", convert_to)
 
     def encode_image(

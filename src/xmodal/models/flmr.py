@@ -338,14 +338,6 @@ class FLMREncoder(MultiVectorEncoderMixin, nn.Module):
                    query_maxlen=qmax, doc_maxlen=dmax,
                    attend_to_mask_tokens=bool(qtok.init_kwargs.get("attend_to_mask_tokens", False)))
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     # ------------------------------------------------------------------ tokenization (ColBERT markers)
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``[CLS] [unused0] text [SEP]`` padded with ``[MASK]`` to ``query_maxlen``, and the keep-mask of MaxSim."""

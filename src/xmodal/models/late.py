@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, ModelNotFoundError
+from ..errors import ModelNotFoundError
 from ..runtime import place_model
 from .backbones import Backbone
 from .base import BackboneModel
 from .dual import DualEncoder
 from .loading import load_backbone
-from ..ops.maxsim import maxsim, pad
+from .multivector import MultiVectorEncoderMixin, ragged
 from .registry import read_config, register_kind
 from .seeding import generator
 
@@ -41,13 +41,15 @@ def _projection(in_dim: int, out_dim: int, gen: torch.Generator) -> nn.Linear:
 
 
 @register_kind("late")
-class LateInteractionEncoder(BackboneModel):
+class LateInteractionEncoder(BackboneModel, MultiVectorEncoderMixin):
     """Token- and patch-level vectors on a backbone's towers; saved and loaded as one folder.
 
     >>> late = load_model("runs/late")                       # doctest: +SKIP
     >>> late.encode_text(["a dog"])                          # [(t, dim)] one array per text
     >>> late.encode_query("which animal?", "dog.jpg")        # (t + p, dim): question tokens, then patches
     """
+
+    text_batch_size, image_batch_size = 64, 32
 
     def __init__(self, backbone: Backbone, dim: int = 128, model_id: str | None = None, seed: int = 0) -> None:
         super().__init__(backbone, model_id=model_id)
@@ -56,10 +58,6 @@ class LateInteractionEncoder(BackboneModel):
         self.text_proj = _projection(text_dim, dim, gen)
         self.image_proj = _projection(image_dim, dim, gen)
         self.dim = dim
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.dim
 
     @classmethod
     def from_dual(cls, dual: DualEncoder, dim: int = 128, seed: int = 0) -> "LateInteractionEncoder":
@@ -102,72 +100,17 @@ class LateInteractionEncoder(BackboneModel):
         h, mask = self.backbone.image_states(self._to_device(batch))
         return nn.functional.normalize(self.image_proj(h.to(self.image_proj.weight.dtype)), dim=-1), mask.bool()
 
-    # ------------------------------------------------------------------ inference
-    @staticmethod
-    def _ragged(vecs: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
-        v, m = vecs.float().cpu().numpy(), mask.cpu().numpy()
-        return [v[i][m[i]] for i in range(len(v))]
-
-    def encode_text_tokens(self, texts: Sequence[str], batch_size: int = 64) -> list[np.ndarray]:
-        """One ``(t_i, dim)`` array per text (padding dropped)."""
-        out: list[np.ndarray] = []
+    # ------------------------------------------------------------------ inference (the shared surface)
+    # encode_text / encode_image / encode_items / encode_query / similarity come from MultiVectorEncoderMixin;
+    # images reach _encode_docs_images through BackboneModel.load_image (pixels, or region features).
+    def _encode_queries(self, texts: list[str]) -> list[np.ndarray]:
         with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                out += self._ragged(*self.text_tokens(self.backbone.tokenize(list(texts[s:s + batch_size]))))
-        return out
+            return ragged(*self.text_tokens(self.backbone.tokenize(texts)))
 
-    def encode_image(self, images: Sequence[Any] | Any, batch_size: int = 32, show_progress: bool | None = None,
-                     convert_to: str = "numpy") -> np.ndarray | list[np.ndarray]:
-        """Patch vectors: ``(n, patches, dim)`` when every image has as many (pixel towers); otherwise (region
-        features, whose count varies) one ``(r_i, dim)`` array per image. Inputs go through ``load_image``."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        out: list[np.ndarray] = []
+    def _encode_docs_images(self, images: list[Any]) -> list[np.ndarray]:
         with torch.inference_mode():
-            for s in range(0, len(images), batch_size):
-                batch = self.backbone.preprocess([self.load_image(x) for x in images[s:s + batch_size]])
-                out += self._ragged(*self.image_tokens(batch))
-        if not out:
-            return np.zeros((0, 1, self.dim), dtype=np.float32)
-        return np.stack(out) if len({len(v) for v in out}) == 1 else out
+            return ragged(*self.image_tokens(self.backbone.preprocess(images)))
 
-    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 64, show_progress: bool | None = None,
-                    convert_to: str = "numpy") -> list[np.ndarray]:
-        """One ``(t_i, dim)`` array per text."""
-        if isinstance(texts, str):
-            texts = [texts]
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InvalidInputError(f"text #{i} is empty.")
-        return self.encode_text_tokens(list(texts), batch_size)
-
-    def encode_items(self, items: Sequence[Any], batch_size: int = 32) -> list[np.ndarray]:
-        """Queries or documents: ``str`` (text), an image (path/PIL/bytes), or ``(text, image)`` (tokens then patches)."""
-        out: list[np.ndarray] = []
-        for item in items:
-            if isinstance(item, tuple):
-                text, image = item
-                parts = []
-                if text is not None:
-                    parts.append(self.encode_text([text])[0])
-                if image is not None:
-                    parts.append(self.encode_image([image])[0])
-                if not parts:
-                    raise InvalidInputError("an item (text, image) needs at least one of the two.")
-                out.append(np.concatenate(parts))
-            elif isinstance(item, str):
-                out.append(self.encode_text([item])[0])
-            else:
-                out.append(self.encode_image([item])[0])
-        return out
-
-    def encode_query(self, text: str | None = None, image: Any = None) -> np.ndarray:
-        """FLMR-style query: question tokens followed by image patches -> ``(t, dim)``."""
-        return self.encode_items([(text, image)])[0]
-
-    @staticmethod
-    def similarity(a: Any, b: Any) -> np.ndarray:
-        """MaxSim matrix ``(len(a), len(b))`` between two lists of multi-vector items (``a`` is the query side)."""
-        qa, ma = pad(a)
-        qb, mb = pad(b)
-        return maxsim(qa, ma, qb, mb).numpy()
+    def encode_text_tokens(self, texts: Sequence[str], batch_size: int | None = None) -> list[np.ndarray]:
+        """One ``(t_i, dim)`` array per text (padding dropped); the same as ``encode_text``."""
+        return self.encode_text(texts, batch_size=batch_size)

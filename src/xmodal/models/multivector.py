@@ -8,17 +8,17 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import InvalidInputError
 from ..ops.maxsim import maxsim, pad
 from ..runtime import resolve_device, resolve_dtype
+from .base import as_texts
 from .registry import read_checkpoint_config  # noqa: F401  (re-exported for colpali/flmr)
+
 
 def resolve(device: Any, dtype: Any) -> tuple[str, Any]:
     """``(device, torch dtype or None)`` through ``xmodal.runtime`` (one error text for bad values everywhere)."""
@@ -27,14 +27,27 @@ def resolve(device: Any, dtype: Any) -> tuple[str, Any]:
 
 
 class MultiVectorEncoderMixin:
-    """Shared encoding surface; subclasses set ``model_id``, ``dim`` and the two ``_encode_*`` methods."""
+    """Shared encoding surface; subclasses (``nn.Module`` s) set ``model_id``, ``dim`` and the two ``_encode_*`` methods.
+
+    Used by the pretrained checkpoints (ColPali, FLMR) and by xmodal's own ``LateInteractionEncoder``.
+    """
 
     dim: int
     model_id: str
+    text_batch_size = 16  # defaults of encode_text / encode_image (``batch_size=None``); subclasses tune them
+    image_batch_size = 8
 
     @property
     def embedding_dim(self) -> int:
         return self.dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device  # type: ignore[attr-defined]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype  # type: ignore[attr-defined]
 
     def load_image(self, source: Any) -> Any:
         from ..data.images import open_image
@@ -64,33 +77,30 @@ class MultiVectorEncoderMixin:
         """Padded ``(n, t, dim)`` page vectors + mask of a prepared batch (see ``prepare_images``)."""
         raise NotImplementedError
 
-    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 16, show_progress: bool | None = None,
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int | None = None, show_progress: bool | None = None,
                     convert_to: str = "numpy") -> list[np.ndarray]:
         """Queries: one ``(t_i, dim)`` array per text."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InvalidInputError(f"text #{i} is empty; give a non-empty query.")
+        texts = as_texts(texts)
+        step = batch_size or self.text_batch_size
         out: list[np.ndarray] = []
-        for s in range(0, len(texts), batch_size):
-            out += self._encode_queries(texts[s:s + batch_size])
+        for s in range(0, len(texts), step):
+            out += self._encode_queries(texts[s:s + step])
         return out
 
-    def encode_image(self, images: Sequence[Any] | Any, batch_size: int = 8, show_progress: bool | None = None,
+    def encode_image(self, images: Sequence[Any] | Any, batch_size: int | None = None, show_progress: bool | None = None,
                      convert_to: str = "numpy") -> Any:
-        """Documents (page images): ``(n, t, dim)`` when every page has as many vectors, else a list of ``(t_i, dim)``."""
+        """Documents (images): ``(n, t, dim)`` when every image has as many vectors, else a list of ``(t_i, dim)``."""
         if not isinstance(images, (list, tuple)):
             images = [images]
+        step = batch_size or self.image_batch_size
         out: list[np.ndarray] = []
-        for s in range(0, len(images), batch_size):
-            out += self._encode_docs_images([self.load_image(x) for x in images[s:s + batch_size]])
-        if out and len({len(v) for v in out}) == 1:
-            return np.stack(out)
-        return out
+        for s in range(0, len(images), step):
+            out += self._encode_docs_images([self.load_image(x) for x in images[s:s + step]])
+        if not out:
+            return np.zeros((0, 1, self.dim), dtype=np.float32)
+        return np.stack(out) if len({len(v) for v in out}) == 1 else out
 
-    def encode_items(self, items: Sequence[Any], batch_size: int = 8) -> list[np.ndarray]:
+    def encode_items(self, items: Sequence[Any], batch_size: int | None = None) -> list[np.ndarray]:
         """``str`` -> query vectors; an image -> document vectors; ``(text, image)`` -> a multimodal query."""
         out: list[np.ndarray] = []
         for item in items:

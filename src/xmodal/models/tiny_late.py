@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -24,6 +24,16 @@ def _words(extra_texts: Iterable[str]) -> list[str]:
     for t in extra_texts:
         out += re.findall(r"[^\W\d_]+|\d+|[^\w\s]", t.lower())
     return list(dict.fromkeys(out))
+
+
+def _build_and_save(build: Callable[[], Any], processor: Any, folder: str | Path, seed: int) -> Path:
+    """Build a random model under its own seeded RNG and save it with its processor (the checkpoint layout)."""
+    with local_rng(seed):
+        model = build().eval()
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def build_tiny_colpali(folder: str | Path, *, extra_texts: Iterable[str] = (), image_size: int = 28, patch: int = 7,
@@ -50,12 +60,7 @@ def build_tiny_colpali(folder: str | Path, *, extra_texts: Iterable[str] = (), i
                   projection_dim=hidden)
     vlm = PaliGemmaConfig(text_config=text, vision_config=vision, image_token_id=processor.image_token_id,
                           projection_dim=hidden, hidden_size=hidden)
-    with local_rng(seed):
-        model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=dim)).eval()
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _build_and_save(lambda: ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=dim)), processor, folder, seed)
 
 
 def build_tiny_colqwen2(folder: str | Path, *, extra_texts: Iterable[str] = (), hidden: int = 32, dim: int = 16,
@@ -91,12 +96,7 @@ def build_tiny_colqwen2(folder: str | Path, *, extra_texts: Iterable[str] = (), 
     vlm = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                         vision_end_token_id=ids["<|vision_end|>"])
-    with local_rng(seed):
-        model = ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=dim)).eval()
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _build_and_save(lambda: ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=dim)), processor, folder, seed)
 
 
 def build_tiny_flmr(folder: str | Path, *, preflmr: bool = True, separate_towers: bool = False,
