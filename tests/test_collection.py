@@ -36,8 +36,22 @@ def test_incremental_update_adds_and_removes_only_the_difference(counting_encode
 
 
 def test_interrupted_run_resumes_without_re_encoding(counting_encoder, tiny_model, image_folder, tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        build_collection(image_folder, tiny_model, tmp_path / "idx", chunk_size=4, stop_after=2, show_progress=False)
+    from xmodal import io
+
+    saved = []
+
+    def stop_after_two_chunks(step):  # an injected interruption (replaces the old stop_after= test hook)
+        if step == "collection:chunk-saved":
+            saved.append(step)
+            if len(saved) == 2:
+                raise KeyboardInterrupt("interrupted after 2 chunks")
+
+    prev = io.set_fault_hook(stop_after_two_chunks)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_collection(image_folder, tiny_model, tmp_path / "idx", chunk_size=4, show_progress=False)
+    finally:
+        io.set_fault_hook(prev)
     counter = counting_encoder(tiny_model)
     report = build_collection(image_folder, counter, tmp_path / "idx", chunk_size=4, show_progress=False)
     # 2 chunks of 4 files were done: 7 images + broken.jpg (failed files are tried again)

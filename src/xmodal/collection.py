@@ -5,17 +5,20 @@ run, removes images that disappeared, skips (and reports) unreadable files, and 
 chunks so an interrupted run resumes where it stopped. The result is an index folder that also
 records the image root and the model, so ``xmodal search`` needs nothing else.
 
-Layout of an index folder: the index engine's files (manifest.json, ...), ``collection.json``
-({"root", "model", "engine", "failed"}), and while building, ``.build/chunk-*.npz`` (resume state).
+Layout of an index folder: the index engine's files and the collection record (``CollectionInfo``,
+logical name ``collection.json``), all listed and checksummed by ``manifest.json``; ``.xmodal.lock``
+(the folder lock); while building, ``.build/chunk-*.npz`` (resume state of this run only).
 Item ids are image paths relative to the root (posix), so ids stay stable across runs.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +26,94 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data.images import find_images, open_image
-from .errors import IndexNotFoundError, InvalidInputError, XmodalError
-from .io import atomic_path, atomic_write_json
+from .errors import CorruptIndexError, IndexNotFoundError, InvalidInputError, XmodalError
 from .indexes import load_index
-from .indexes.manifest import MANIFEST_NAME
+from .indexes.manifest import (MANIFEST_NAME, check_compatible, check_fingerprint, check_index_target, companion_files,
+                               read_manifest, write_companion)
+from .io import atomic_path, clean_stale, fault_point, folder_lock
 from .indexes.registry import get_engine
 
 COLLECTION_FILE = "collection.json"
 BUILD_DIR = ".build"
+FALLBACK_SIDE = 1024  # decode side when a model does not say its input size
+
+
+@dataclass
+class CollectionInfo:
+    """``collection.json``: image root, model, engine and unreadable files -- read and written only here.
+
+    It is stored as a companion file of the index (``indexes.manifest.companion_files``): written in the
+    same atomic commit as the index and covered by the manifest's checksums. Index folders of older
+    versions keep it as a plain ``collection.json`` beside the manifest; those are still read.
+    """
+
+    root: str | None = None
+    model: str | None = None
+    engine: str = "faiss"
+    failed: list[list[str]] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: Path) -> "CollectionInfo":
+        try:
+            d = json.loads(data)
+        except ValueError as e:
+            raise CorruptIndexError(f"'{where.parent}': its {COLLECTION_FILE} cannot be parsed ({e}). "
+                                    "Rebuild the index with `xmodal index`.") from None
+        ok = (isinstance(d, dict) and isinstance(d.get("root"), (str, type(None)))
+              and isinstance(d.get("model"), (str, type(None))) and isinstance(d.get("engine", "faiss"), str)
+              and isinstance(d.get("failed", []), list))
+        if not ok:
+            raise CorruptIndexError(f"'{where.parent}': its {COLLECTION_FILE} is not a collection record "
+                                    "({root, model, engine, failed}). Rebuild the index with `xmodal index`.")
+        return cls(root=d.get("root"), model=d.get("model"), engine=d.get("engine") or "faiss",
+                   failed=[list(f) if isinstance(f, (list, tuple)) else [str(f), ""] for f in d.get("failed", [])])
+
+    @staticmethod
+    def location(folder: str | Path) -> Path | None:
+        """Where the folder's collection record is stored, or None if it has none."""
+        folder = Path(folder)
+        if (folder / MANIFEST_NAME).is_file():
+            try:
+                m = read_manifest(folder, verify=False)
+            except XmodalError:
+                m = None
+            if m is not None and COLLECTION_FILE in m.checksums:
+                return m.path(folder, COLLECTION_FILE)
+        legacy = folder / COLLECTION_FILE
+        return legacy if legacy.is_file() else None
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "CollectionInfo | None":
+        path = cls.location(folder)
+        return None if path is None else cls.from_bytes(path.read_bytes(), path)
+
+    def write(self, folder: str | Path) -> None:
+        """Attach this record to the index already saved in ``folder`` (one atomic manifest commit)."""
+        write_companion(folder, COLLECTION_FILE, self.to_bytes())
+        _drop_legacy_file(Path(folder))
+
+    @staticmethod
+    def remove(folder: str | Path) -> None:
+        """The folder is no longer a collection (e.g. rebuilt from shards whose ids are not paths)."""
+        write_companion(folder, COLLECTION_FILE, None)
+        _drop_legacy_file(Path(folder))
+
+
+def _drop_legacy_file(folder: Path) -> None:
+    legacy = folder / COLLECTION_FILE
+    m = read_manifest(folder, verify=False) if (folder / MANIFEST_NAME).is_file() else None
+    if legacy.is_file() and (m is None or m.files.get(COLLECTION_FILE, COLLECTION_FILE) != COLLECTION_FILE):
+        legacy.unlink()
+
+
+def save_collection_info(folder: str | Path, *, root: str | Path, model: str | None, engine: str,
+                         failed: list | None = None) -> None:
+    """Make the index in ``folder`` a collection (image root, model, engine, unreadable files)."""
+    CollectionInfo(root=str(root), model=model, engine=engine, failed=[list(f) for f in failed or []]).write(folder)
+
 
 @dataclass
 class BuildReport:
@@ -53,30 +136,84 @@ class BuildReport:
         return s
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an update has to do: ids to encode (new, changed), to drop (changed, removed), to keep."""
+
+    new: list[str]
+    changed: list[str]
+    removed: list[str]
+    unchanged: list[str]
+
+    @property
+    def to_encode(self) -> list[str]:
+        return self.new + self.changed
+
+    @property
+    def to_remove(self) -> list[str]:
+        return self.changed + self.removed
+
+
+def plan_sync(current: Mapping[str, Any], indexed: Mapping[str, Any]) -> Plan:
+    """Compare ``current`` {id: signature} (the files now) with ``indexed`` {id: signature} (the index).
+
+    Pure and linear: one pass over each mapping with O(1) lookups (the old list-in-set test was quadratic).
+    Order follows ``current`` (then ``indexed`` for removals), so plans are deterministic.
+    """
+    new: list[str] = []
+    changed: list[str] = []
+    unchanged: list[str] = []
+    for key, sig in current.items():
+        if key not in indexed:
+            new.append(key)
+        elif indexed[key] != sig:
+            changed.append(key)
+        else:
+            unchanged.append(key)
+    removed = [key for key in indexed if key not in current]
+    return Plan(new, changed, removed, unchanged)
+
+
 def _signature(path: Path) -> list[int]:
     st = path.stat()
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
-def save_collection_info(folder: str | Path, *, root: str | Path, model: str | None, engine: str,
-                         failed: list | None = None) -> None:
-    """Write ``collection.json`` (image root, model, engine, unreadable files): the folder becomes a collection."""
-    atomic_write_json(Path(folder) / COLLECTION_FILE, {"root": str(root), "model": model, "engine": engine,
-                                                        "failed": list(failed or [])})
+def _load_chunks(build_dir: Path, run: str) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """id -> (vector, signature) from the saved chunks of an interrupted run of this same job.
 
-
-def _load_chunks(build_dir: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """id -> (vector, signature) from the saved chunks of an interrupted run."""
+    ``run`` names the job (image root, model id, weight fingerprint): chunks of any other run -- another
+    folder with the same file names, another model -- are never mixed in, and are deleted.
+    """
     done: dict[str, tuple[np.ndarray, list[int]]] = {}
     for f in sorted(build_dir.glob("chunk-*.npz")):
         try:
             with np.load(f, allow_pickle=False) as z:
-                ids, vecs, sigs = z["ids"].tolist(), z["vectors"], z["signatures"].tolist()
+                ours = "run" in z.files and str(z["run"]) == run
+                if ours:
+                    ids, vecs, sigs = z["ids"].tolist(), z["vectors"], z["signatures"].tolist()
         except Exception:  # a chunk cut off mid-write is simply encoded again
+            ours = False
+        if not ours:
+            f.unlink(missing_ok=True)
             continue
         for i, v, s in zip(ids, vecs, sigs):
             done[str(i)] = (v, list(s))
     return done
+
+
+def _input_side(model: Any) -> int:
+    """The model's input image side (pixels), to decode images no larger than needed."""
+    backbone = getattr(model, "backbone", None) or getattr(getattr(model, "model", None), "backbone", None)
+    net = getattr(backbone, "model", None)
+    for size in (getattr(getattr(getattr(net, "config", None), "vision_config", None), "image_size", None),
+                 getattr(getattr(net, "visual", None), "image_size", None),
+                 getattr(model, "image_size", None)):
+        if isinstance(size, (tuple, list)) and size:
+            size = max(size)
+        if isinstance(size, int) and size > 0:
+            return size
+    return FALLBACK_SIDE
 
 
 def build_collection(
@@ -89,92 +226,134 @@ def build_collection(
     chunk_size: int = 256,
     workers: int = 4,
     show_progress: bool = True,
-    stop_after: int | None = None,
+    allow_model_mismatch: bool = False,
     **index_options: Any,
 ) -> BuildReport:
     """Index (or update the index of) every image below ``image_dir`` into the folder ``out``.
+
+    ``out`` must be absent, empty or an xmodal index (anything else is refused untouched); it is locked
+    for the whole run, so a second run on it refuses at once (``XmodalError``) instead of mixing results.
 
     Args:
         model: a ``DualEncoder`` or a name/path for ``DualEncoder.from_pretrained``.
         engine: index backend: a name in the engine table ``xmodal.indexes.registry.ENGINES`` (default faiss).
         chunk_size: images encoded between two saves of resume state.
         workers: threads decoding images in parallel with encoding.
-        stop_after: stop (as if interrupted) after this many chunks; for tests of resuming.
+        allow_model_mismatch: update an index although the model's weights differ from those it was built with.
         index_options: passed to the engine factory, e.g. ``kind="hnsw"`` for FAISS.
+
+    Tests crash a run at a chosen step with ``xmodal.io.set_fault_hook`` (steps ``collection:chunk-saved``,
+    ``collection:merged`` and those of the index save).
     """
-    t_start = time.perf_counter()
     image_dir, out = Path(image_dir).resolve(), Path(out)
+    check_index_target(out)
+    with folder_lock(out, "another `xmodal index` run"):
+        return _build_locked(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
+                             workers=workers, show_progress=show_progress,
+                             allow_model_mismatch=allow_model_mismatch, index_options=index_options)
+
+
+def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_size: int, chunk_size: int,
+                  workers: int, show_progress: bool, allow_model_mismatch: bool,
+                  index_options: dict[str, Any]) -> BuildReport:
+    from .models.fingerprint import weights_fingerprint
+
+    t_start = time.perf_counter()
+    clean_stale(out)  # what interrupted saves left behind (we hold the lock: nobody else is writing)
+    existing = (out / MANIFEST_NAME).exists()
+    info = CollectionInfo.read(out) if existing else None
     model_name = model if isinstance(model, str) else getattr(model, "model_id", None)
     if isinstance(model, (str, Path)):
         p = Path(model)
         model_name = str(p.resolve()) if p.is_dir() else str(model)
-        if (out / MANIFEST_NAME).exists() and (out / COLLECTION_FILE).exists():  # updating: the index's engine decides
-            engine = json.loads((out / COLLECTION_FILE).read_text()).get("engine", engine)
+        if info is not None:  # updating: the index's engine decides
+            engine = info.engine
         model = load_encoder(model, engine)
+    fingerprint = weights_fingerprint(model)
     files = find_images(image_dir)
     report = BuildReport(total=len(files))
     current = {p.relative_to(image_dir).as_posix(): p for p in files}
 
-    if (out / MANIFEST_NAME).exists():  # an earlier complete run: update it
+    if existing:  # an earlier complete run: update it
         index = load_index(out, model_id=model.model_id, dimension=model.embedding_dim)
+        check_fingerprint(read_manifest(out, verify=False), out, fingerprint, allow_model_mismatch)
     else:
         index = get_engine(engine).create(model.embedding_dim, model.model_id, out, **index_options)
-    indexed = {i: index.metadata(i) for i in index.ids()}
 
-    # What changed since the last run: ids whose file is gone or whose size/mtime differ.
+    # What changed since the last run: ids whose file is new, gone, or of another size/mtime.
     sigs = {rel: _signature(p) for rel, p in current.items()}
-    stale = [i for i, m in indexed.items() if i not in current or m.get("signature") != sigs[i]]
-    todo = [rel for rel in current if rel not in indexed or rel in set(stale)]
-    report.unchanged = len(current) - len(todo)
+    plan = plan_sync(sigs, {i: index.metadata(i).get("signature") for i in index.ids()})
+    todo, stale = plan.to_encode, plan.to_remove
+    report.unchanged = len(plan.unchanged)
 
     build_dir = out / BUILD_DIR
     build_dir.mkdir(parents=True, exist_ok=True)
-    save_collection_info(out, root=image_dir, model=model_name, engine=index.engine)
-    resumed = {i: v for i, v in _load_chunks(build_dir).items() if i in current and v[1] == sigs[i]}
+    run = json.dumps({"root": str(image_dir), "model": model.model_id, "fingerprint": fingerprint}, sort_keys=True)
+    resumed = {i: v for i, v in _load_chunks(build_dir, run).items() if i in current and v[1] == sigs[i]}
     report.resumed = sum(1 for rel in todo if rel in resumed)
     to_encode = [rel for rel in todo if rel not in resumed]
+    side = _input_side(model)
 
     def load(rel: str) -> tuple[str, Any]:
-        try:
-            return rel, open_image(current[rel])
+        try:  # downscaled right after decoding: a 12 MP photo costs ~1 MB, not 36 MB, while it waits
+            return rel, open_image(current[rel], min_side=side)
         except InvalidInputError as e:
             return rel, e
 
     n_chunks = len(list(build_dir.glob("chunk-*.npz")))
     bar = tqdm(total=len(to_encode), desc="indexing images", unit="img", disable=not show_progress)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for c, start in enumerate(range(0, len(to_encode), chunk_size)):
-            if stop_after is not None and c >= stop_after:
-                bar.close()
-                raise KeyboardInterrupt(f"stopped after {stop_after} chunks (stop_after)")
-            loaded = list(pool.map(load, to_encode[start:start + chunk_size]))
-            good = [(rel, img) for rel, img in loaded if not isinstance(img, Exception)]
-            report.failed += [(rel, str(img)) for rel, img in loaded if isinstance(img, Exception)]
-            if good:
-                vecs = model.encode_image([img for _, img in good], batch_size=batch_size, show_progress=False)
+        for start in range(0, len(to_encode), chunk_size):
+            chunk = to_encode[start:start + chunk_size]
+            # Decoded images in flight are bounded by two encoder batches (this one and the next, decoding
+            # meanwhile), not by the chunk: a chunk only bounds the work lost to an interruption.
+            batches = [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+            ids: list[str] = []
+            vecs: list[np.ndarray] = []
+            pending = pool.map(load, batches[0]) if batches else iter(())
+            for n in range(len(batches)):
+                loaded = list(pending)
+                pending = pool.map(load, batches[n + 1]) if n + 1 < len(batches) else iter(())
+                good = [(rel, img) for rel, img in loaded if not isinstance(img, Exception)]
+                report.failed += [(rel, str(img)) for rel, img in loaded if isinstance(img, Exception)]
+                if good:
+                    vecs.append(np.asarray(model.encode_image([img for _, img in good], batch_size=batch_size,
+                                                              show_progress=False)))
+                    ids += [rel for rel, _ in good]
+                del loaded, good
+                bar.update(len(batches[n]))
+            if ids:
                 with atomic_path(build_dir / f"chunk-{n_chunks:06d}.npz") as tmp, open(tmp, "wb") as f:
-                    np.savez(f, ids=np.array([r for r, _ in good]), vectors=vecs,
-                             signatures=np.array([sigs[r] for r, _ in good], dtype=np.int64))
+                    np.savez(f, ids=np.array(ids), vectors=_stack(vecs),
+                             signatures=np.array([sigs[r] for r in ids], dtype=np.int64), run=np.array(run))
                 n_chunks += 1
-            bar.update(len(loaded))
+                fault_point("collection:chunk-saved")
     bar.close()
 
-    # Apply the whole difference at once, then save atomically; resume state goes last.
-    encoded = _load_chunks(build_dir)
+    # Apply the whole difference at once, then save atomically; resume state goes last. Only vectors of
+    # this run whose file signature still matches the file being indexed are taken.
+    encoded = _load_chunks(build_dir, run)
+    new_ids = [rel for rel in todo if rel in encoded and encoded[rel][1] == sigs[rel]]
     report.removed = index.remove(stale) if stale else 0
-    new_ids = [rel for rel in todo if rel in encoded]
     if new_ids:
         index.add(new_ids, np.stack([encoded[r][0] for r in new_ids]),
                   metadata=[{"path": r, "signature": encoded[r][1]} for r in new_ids])
     report.added = len(new_ids)
-    save_collection_info(out, root=image_dir, model=model_name, engine=index.engine, failed=report.failed)
-    index.save(out)
-    for f in build_dir.glob("*"):
-        f.unlink()
-    build_dir.rmdir()
+    fault_point("collection:merged")
+    record = CollectionInfo(root=str(image_dir), model=model_name, engine=index.engine,
+                            failed=[list(f) for f in report.failed])
+    with companion_files({COLLECTION_FILE: record.to_bytes()}, fingerprint=fingerprint):
+        index.save(out)
+    _drop_legacy_file(out)
+    shutil.rmtree(build_dir, ignore_errors=True)
     report.index_size = len(index)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """Vectors of several encoder batches as one array: (n, d), or (n, tokens, d) for multi-vector images."""
+    return np.concatenate([np.asarray(p) for p in parts])
 
 
 class Collection:
@@ -182,16 +361,18 @@ class Collection:
 
     def __init__(self, folder: str | Path, verify: bool = True) -> None:
         self.folder = Path(folder)
-        cfile = self.folder / COLLECTION_FILE
-        if not cfile.exists():
+        info = CollectionInfo.read(self.folder)
+        if info is None:
             if not self.folder.exists():
                 raise IndexNotFoundError(f"no index at '{self.folder}': the folder does not exist. Build one with `xmodal index IMAGE_DIR --out {self.folder}`.")
             raise IndexNotFoundError(f"'{self.folder}' is not an xmodal image index (no {COLLECTION_FILE}). Build one with `xmodal index`.")
-        info = json.loads(cfile.read_text())
-        self.root = Path(info["root"])
-        self.model_name: str | None = info.get("model")
-        self.engine: str = info.get("engine", "faiss")
-        self.failed: list = info.get("failed", [])
+        if not info.root:
+            raise CorruptIndexError(f"'{self.folder}': its {COLLECTION_FILE} names no image root. Rebuild the index with `xmodal index`.")
+        self.info = info
+        self.root = Path(info.root)
+        self.model_name: str | None = info.model
+        self.engine: str = info.engine
+        self.failed: list = info.failed
         self.index = load_index(self.folder, verify=verify)
 
     def __len__(self) -> int:
@@ -208,21 +389,33 @@ class Collection:
             raise InvalidInputError(f"item '{item_id}' points outside the collection root; refused.")
         return path
 
-    def load_model(self, model: str | None = None, device: str | None = None) -> Any:
+    def load_model(self, model: str | None = None, device: str | None = None,
+                   allow_model_mismatch: bool = False) -> Any:
         name = model or self.model_name
         if not name:
             raise XmodalError(f"the index at '{self.folder}' does not record its model; pass --model.")
         encoder = load_encoder(name, self.engine, device=device)
-        from .indexes.manifest import check_compatible, read_manifest
-
-        check_compatible(read_manifest(self.folder, verify=False), self.folder, model_id=encoder.model_id,
-                         dimension=encoder.embedding_dim)
+        self.check_model(encoder, allow_model_mismatch)
         return encoder
 
-    def retriever(self, model: Any = None, reranker: Any = None, depth: int = 50) -> Any:
+    def check_model(self, encoder: Any, allow_model_mismatch: bool = False) -> None:
+        """Refuse a model whose id, dimension or weights differ from those the index was built with."""
+        from .models.fingerprint import weights_fingerprint
+
+        manifest = read_manifest(self.folder, verify=False)
+        check_compatible(manifest, self.folder, model_id=encoder.model_id, dimension=encoder.embedding_dim)
+        if manifest.fingerprint is not None:
+            check_fingerprint(manifest, self.folder, weights_fingerprint(encoder), allow_model_mismatch)
+
+    def retriever(self, model: Any = None, reranker: Any = None, depth: int = 50,
+                  allow_model_mismatch: bool = False) -> Any:
         from .retrieve.retriever import Retriever
 
-        encoder = model if model is not None and not isinstance(model, str) else self.load_model(model)
+        if model is not None and not isinstance(model, str):
+            encoder = model
+            self.check_model(encoder, allow_model_mismatch)
+        else:
+            encoder = self.load_model(model, allow_model_mismatch=allow_model_mismatch)
         return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=lambda i: self.image_path(i))
 
 

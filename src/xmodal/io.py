@@ -178,41 +178,46 @@ def atomic_folder(path: str | Path, commit_name: str = "manifest.json") -> Itera
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)  # follows a symlinked path: the link's target is written into
-    token = uuid.uuid4().hex[:12]
-    staging = path / f"{STAGING_PREFIX}{token}"
-    staging.mkdir()
-    try:
-        yield staging
-        if not (staging / commit_name).is_file():
-            raise XmodalError(f"internal error: a folder save into '{path}' wrote no {commit_name}.")
-        previous = _read_commit(path / commit_name)
-        fault_point("folder:staged")
-        mapping: dict[str, str] = {}
-        for f in sorted(staging.iterdir()):
-            if f.name == commit_name:
-                continue
-            if not f.is_file():
-                raise XmodalError(f"internal error: a folder save may only write plain files, not '{f.name}'.")
-            fsync_file(f)
-            mapping[f.name] = versioned_name(f.name, token)
-        fault_point("folder:synced")
-        for logical, stored in mapping.items():
-            os.replace(staging / logical, path / stored)
-            fault_point(f"folder:renamed:{logical}")
-        fsync_dir(path)
-        commit = json.loads((staging / commit_name).read_text())
-        commit["files"] = mapping
-        atomic_write(path / commit_name, json.dumps(commit, indent=2, sort_keys=True))  # the commit point
-        fault_point("folder:committed")
-        old = listed_files(previous) if previous else set()
-        for name in sorted(old - set(mapping.values())):
-            target = path / name
-            if target.is_file() and not target.is_symlink() and "/" not in name:
-                target.unlink()
-                fault_point("folder:removed")
-        fsync_dir(path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with folder_lock(path, "another save into this folder"):
+        token = uuid.uuid4().hex[:12]
+        staging = path / f"{STAGING_PREFIX}{token}"
+        staging.mkdir()
+        try:
+            yield staging
+            _commit(path, staging, commit_name, token)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(path: Path, staging: Path, commit_name: str, token: str) -> None:
+    if not (staging / commit_name).is_file():
+        raise XmodalError(f"internal error: a folder save into '{path}' wrote no {commit_name}.")
+    previous = _read_commit(path / commit_name)
+    fault_point("folder:staged")
+    mapping: dict[str, str] = {}
+    for f in sorted(staging.iterdir()):
+        if f.name == commit_name:
+            continue
+        if not f.is_file():
+            raise XmodalError(f"internal error: a folder save may only write plain files, not '{f.name}'.")
+        fsync_file(f)
+        mapping[f.name] = versioned_name(f.name, token)
+    fault_point("folder:synced")
+    for logical, stored in mapping.items():
+        os.replace(staging / logical, path / stored)
+        fault_point(f"folder:renamed:{logical}")
+    fsync_dir(path)
+    commit = json.loads((staging / commit_name).read_text())
+    commit["files"] = {**(commit.get("files") or {}), **mapping}  # files kept from the previous version + new ones
+    atomic_write(path / commit_name, json.dumps(commit, indent=2, sort_keys=True))  # the commit point
+    fault_point("folder:committed")
+    old = listed_files(previous) if previous else set()
+    for name in sorted(old - set(commit["files"].values())):
+        target = path / name
+        if "/" not in name and target.is_file() and not target.is_symlink():
+            target.unlink()
+            fault_point("folder:removed")
+    fsync_dir(path)
 
 
 # ------------------------------------------------------------------ whole private folders (checkpoints)

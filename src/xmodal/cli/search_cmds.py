@@ -40,6 +40,9 @@ def index(
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    allow_model_mismatch: bool = typer.Option(
+        False, "--allow-model-mismatch",
+        help="Update the index although the model's weights differ from those it was built with (same id)."),
 ) -> None:
     """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
     if (image_dir is None) == (from_embeddings is None):
@@ -54,7 +57,7 @@ def index(
     ann = kind in ("hnsw", "ivfpq")  # flat is exact; an existing index keeps the target saved in its manifest
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
-                          show_progress=not quiet,
+                          show_progress=not quiet, allow_model_mismatch=allow_model_mismatch,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None))
     typer.echo(report.summary())
     _echo_search_settings(out)
@@ -104,6 +107,9 @@ def search(
     depth: int = typer.Option(50, "--depth", help="Candidates retrieved for reranking."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Also save the results as a PNG contact sheet."),
+    allow_model_mismatch: bool = typer.Option(
+        False, "--allow-model-mismatch",
+        help="Search although the model's weights differ from those the index was built with (same id)."),
 ) -> None:
     """Search an index by text and/or image; prints rank, score, id and path."""
     from ..collection import open_collection
@@ -121,7 +127,8 @@ def search(
         from ..models.cross import load_reranker
 
         reranker = load_reranker(rerank)
-    retriever = collection.retriever(model=model, reranker=reranker, depth=depth)
+    retriever = collection.retriever(model=model, reranker=reranker, depth=depth,
+                                     allow_model_mismatch=allow_model_mismatch)
     result = retriever.search(text=query, image=image, k=k)
     paths = [str(collection.image_path(i)) for i in result.ids]
     if gallery is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..indexes.autoindex import IndexChoice
-from ..indexes.manifest import MANIFEST_NAME
+from ..indexes.manifest import MANIFEST_NAME, check_index_target
 from ..indexes.registry import default_engine, get_engine, resolve
 from .encode import REPORT, embedding_files, iter_embedding_shards, shard_metadata
 
@@ -109,6 +109,7 @@ def build_from_embeddings(emb_dir: str | Path, out: str | Path, model_id: str | 
     if spec.from_shards is None:
         raise InvalidInputError(f"index engine '{spec.name}' cannot be built from embedding shards; "
                                 "index the image folder with `xmodal index IMAGE_DIR --engine ...` instead.")
+    check_index_target(out)  # never write into a folder of the user's that is not an index (#19 item 2)
     if (out / MANIFEST_NAME).exists() and not overwrite:
         raise InvalidInputError(f"'{out}' already holds an index; pass overwrite=True (--overwrite) to replace it, "
                                 "or `xmodal index FOLDER --out` to update it incrementally.")

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import CorruptIndexError, IndexMismatchError, IndexNotFoundError
-from ..io import STAGING_PREFIX
+from ..errors import CorruptIndexError, IndexMismatchError, IndexNotFoundError, InvalidInputError
+from ..io import LOCK_NAME, STAGING_PREFIX
 from ..io import atomic_folder as _atomic_folder
 
 MANIFEST_NAME = "manifest.json"
@@ -114,6 +114,64 @@ def write_manifest(folder: Path, manifest: Manifest, files: list[str]) -> None:
     (folder / MANIFEST_NAME).write_text(manifest.to_json())
 
 
+def write_companion(folder: str | Path, name: str, data: bytes | None) -> None:
+    """Add (or with ``data=None`` drop) the companion file ``name`` of the index saved in ``folder``,
+    leaving the engine's files as they are: one atomic manifest commit."""
+    folder = Path(folder)
+    m = read_manifest(folder, verify=False)
+    keep = {n: m.files.get(n, n) for n in m.checksums if n != name}
+    with atomic_folder(folder) as staging:
+        checksums = {n: d for n, d in m.checksums.items() if n != name}
+        companions = [c for c in m.companions if c != name]
+        if data is not None:
+            (staging / name).write_bytes(data)
+            checksums[name] = hashlib.sha256(data).hexdigest()
+            companions.append(name)
+        m.checksums, m.companions, m.files = checksums, sorted(companions), keep
+        (staging / MANIFEST_NAME).write_text(m.to_json())
+
+
+def check_fingerprint(manifest: Manifest, folder: Path, fingerprint: str | None, allow_mismatch: bool = False) -> None:
+    """Refuse a model whose weights differ from those the index was built with (same id is not enough:
+    a fine-tuned model keeps its base id, and its vectors live in another space)."""
+    if manifest.fingerprint is None or fingerprint is None or fingerprint == manifest.fingerprint or allow_mismatch:
+        return
+    raise IndexMismatchError(
+        f"index '{folder}' was built with other weights of model '{manifest.model_id}' (fingerprint "
+        f"{manifest.fingerprint[:19]}, this model {fingerprint[:19]}): its vectors are not comparable. Use the "
+        "model it was built with, rebuild the index, or pass --allow-model-mismatch (allow_model_mismatch=True).")
+
+
+def check_index_target(folder: str | Path) -> None:
+    """Refuse to write an index into a folder that is neither absent, empty, nor an xmodal index.
+
+    Our own traces (lock file, resume state, staging folders of an interrupted first run) count as ours.
+    Nothing is created or changed here.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        if folder.is_symlink():
+            raise InvalidInputError(f"'{folder}' is a symlink to a folder that does not exist; create the target first.")
+        return
+    if not folder.is_dir():
+        raise InvalidInputError(f"'{folder}' is a file, not a folder; give a new or empty folder for the index.")
+    names = {p.name for p in folder.iterdir()}
+    if MANIFEST_NAME in names:
+        try:
+            read_manifest(folder, verify=False)
+            return
+        except CorruptIndexError:
+            pass  # someone else's manifest.json: refused below
+    elif LOCK_NAME in names:
+        return  # a folder an earlier xmodal run created and locked (e.g. an interrupted first build)
+    foreign = sorted(n for n in names if not n.startswith(STAGING_PREFIX) and n != ".build")
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InvalidInputError(
+            f"'{folder}' is not empty and not an xmodal index (it holds {shown}); refusing to write an index "
+            "into it, so nothing of yours is overwritten. Give a new or empty folder (or an existing index).")
+
+
 def _previous_manifest(folder: Path) -> Manifest | None:
     try:
         return Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text()))
@@ -132,7 +190,7 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
         )
     try:
         manifest = Manifest.from_dict(json.loads(mpath.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise CorruptIndexError(f"the manifest of '{folder}' cannot be parsed ({e}).") from e
     if manifest.format_version > FORMAT_VERSION:
         raise IndexMismatchError(

@@ -306,6 +306,8 @@ class MultiVectorIndex:
                               weights=self.weights)
             files = []
             for name, arr in arrays.items():
+                if arr is None:  # an empty index has no centroids yet: trained on the first add
+                    continue
                 np.save(tmp / f"{name}.npy", arr)
                 files.append(f"{name}.npy")
             (tmp / "ids.json").write_text(json.dumps(self._ids))
@@ -330,7 +332,15 @@ class MultiVectorIndex:
             self._raw = np.load(m.path(path, "raw.npy"))
         else:
             for name in ("codes", "packed", "centroids", "cutoffs", "weights"):
-                setattr(self, "_" + name if name in ("codes", "packed") else name, np.load(m.path(path, f"{name}.npy")))
+                if f"{name}.npy" not in m.checksums:  # absent in an empty index (no centroids trained yet)
+                    continue
+                try:
+                    arr = np.load(m.path(path, f"{name}.npy"), allow_pickle=False)
+                except ValueError:  # older versions saved an empty index's missing centroids as an object array
+                    if m.count:
+                        raise CorruptIndexError(f"index '{path}': '{name}.npy' cannot be read. Rebuild the index.") from None
+                    continue
+                setattr(self, "_" + name if name in ("codes", "packed") else name, arr)
         self._ids = read_index_json(m.path(path, "ids.json"))
         self._label = {i: n for n, i in enumerate(self._ids)}
         self._meta = read_index_json(m.path(path, "metadata.json"))

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..collection import COLLECTION_FILE, BuildReport, build_collection, save_collection_info
+from ..collection import COLLECTION_FILE, BuildReport, CollectionInfo, build_collection
 from ..errors import InvalidInputError
+from ..indexes.manifest import check_index_target, companion_files
+from ..io import folder_lock
 from ..indexes.registry import default_engine, get_engine
 
 
 def recorded_model(out: str | Path) -> str:
     """The model an existing collection was built with (to update it without naming the model again)."""
-    cfile = Path(out) / COLLECTION_FILE
-    if not cfile.exists():
+    info = CollectionInfo.read(out)
+    if info is None:
         raise InvalidInputError("no --model given and no existing index to take it from; pass --model.")
-    model = json.loads(cfile.read_text()).get("model")
+    model = info.model
     if not model:
         raise InvalidInputError(f"the index at '{out}' does not record a loadable model; pass --model.")
     return model
@@ -79,12 +80,15 @@ def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str |
 
     out = Path(out)
     info = inspect_embeddings(emb_dir)
-    index, choice = build_from_embeddings(emb_dir, out, model_id=model_id, memory_budget_mb=memory_budget_mb, kind=kind,
-                                          train_sample=train_sample, engine=engine, uri=uri, collection=collection,
-                                          nbits=nbits, overwrite=overwrite, info=info, target_recall=target_recall)
-    if info.root:
-        save_collection_info(out, root=info.root, model=info.model, engine=index.engine,
-                             failed=[[f, "unreadable image (reported by xmodal encode)"] for f in info.failed])
-    elif (out / COLLECTION_FILE).exists():  # an earlier index's image root no longer applies
-        (out / COLLECTION_FILE).unlink()
+    engine_name = get_engine(engine or default_engine(info.multi_vector)).name
+    # ids that are image paths make the folder a collection; the record is saved in the index's own commit
+    record = ({COLLECTION_FILE: CollectionInfo(root=info.root, model=info.model, engine=engine_name, failed=[
+        [f, "unreadable image (reported by xmodal encode)"] for f in info.failed]).to_bytes()} if info.root else {})
+    check_index_target(out)
+    with folder_lock(out, "another `xmodal index` run"), companion_files(record):
+        index, choice = build_from_embeddings(emb_dir, out, model_id=model_id, memory_budget_mb=memory_budget_mb,
+                                              kind=kind, train_sample=train_sample, engine=engine, uri=uri,
+                                              collection=collection, nbits=nbits, overwrite=overwrite, info=info,
+                                              target_recall=target_recall)
+    (out / COLLECTION_FILE).unlink(missing_ok=True)  # an older version's plain record no longer applies
     return EmbeddingsIndex(index, choice, collection=bool(info.root))
