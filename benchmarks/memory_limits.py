@@ -186,7 +186,7 @@ def case_embed(n_images: int) -> dict:
 
     photos = sorted((WORK / f"embed-{n_images}").glob("*.jpg"))
     idx = WORK / "embed-index"
-    if not (idx / "collection.json").exists():
+    if not (idx / "manifest.json").exists():  # collection.json is stored under a versioned name
         build_collection(WORK / "embed-small", str(tiny_model(WORK / "tiny-clip")), idx, show_progress=False)
     server, base = _serve(create_app(idx))
     payload = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]  # counted in the baseline

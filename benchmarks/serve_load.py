@@ -53,7 +53,7 @@ def main() -> None:
         from xmodal.demo import run_demo
 
         index = Path(f"/tmp/xmodal-serve-load-{args.demo_steps}/index")
-        if not (index / "collection.json").exists():
+        if not (index / "manifest.json").exists():  # collection.json is stored under a versioned name
             index = run_demo(index.parent, steps=args.demo_steps, echo=lambda *_: None, show_progress=False)["index"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
