@@ -158,3 +158,10 @@ def test_replace_dir_crash_between_renames_is_recovered(tmp_path):
     assert not final.exists()  # the window the old code left open
     assert io.recover_dir(final) == final and (final / "state").read_text() == "old"
     assert not list(tmp_path.glob(".ckpt.old-*"))
+
+
+def test_clean_stale_keeps_data_when_the_manifest_is_unreadable(tmp_path):
+    _save(tmp_path / "f", 1)
+    (tmp_path / "f" / "manifest.json").write_text("{ damaged")
+    io.clean_stale(tmp_path / "f")
+    assert len([p for p in (tmp_path / "f").iterdir() if io.is_versioned_name(p.name)]) == 2

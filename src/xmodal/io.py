@@ -148,13 +148,15 @@ def clean_stale(path: str | Path, commit_name: str = "manifest.json") -> list[st
     path = Path(path)
     if not path.is_dir():
         return []
-    commit = _read_commit(path / commit_name) or {}
-    keep = listed_files(commit)
+    commit = _read_commit(path / commit_name)
+    # an unreadable commit file: keep every versioned file (they may be all that is left of the data)
+    orphans_known = commit is not None or not (path / commit_name).exists()
+    keep = listed_files(commit or {})
     removed = []
     for child in path.iterdir():
         name = child.name
         stale = (name.startswith(STAGING_PREFIX) or (name.startswith(".") and ".tmp-" in name)
-                 or (is_versioned_name(name) and name not in keep))
+                 or (orphans_known and is_versioned_name(name) and name not in keep))
         if stale:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
