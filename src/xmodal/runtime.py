@@ -7,10 +7,32 @@ same one-line ``InvalidInputError`` everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import InvalidInputError
+
+# Defaults for loaders called without device/dtype: what a command's --device/--dtype asked for (see ``defaults``).
+_SESSION: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("xmodal_runtime_defaults", default={})
+
+
+@contextlib.contextmanager
+def defaults(device: Any = None, dtype: Any = None, threads: Any = None) -> Iterator[dict[str, Any]]:
+    """Within the block, models loaded without ``device``/``dtype`` use these; threads are set for torch.
+
+    The CLI's ``--device/--dtype/--threads`` enter this once per command, so every loader below a verb
+    (indexes, rerankers, servers, trainers) follows the user's choice without each taking the arguments.
+    Bad values fail here, before any work, with one ``InvalidInputError`` line.
+    """
+    dev = resolve_device(device)
+    chosen = {"device": dev, "dtype": resolve_dtype(dtype, dev), "threads": set_num_threads(threads)}
+    token = _SESSION.set({k: v for k, v in chosen.items() if k != "threads"})
+    try:
+        yield chosen
+    finally:
+        _SESSION.reset(token)
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -26,6 +48,8 @@ def resolve_dtype(spec: Any, device: Any = None) -> Any:
     """
     import torch
 
+    if spec is None:
+        spec = _SESSION.get().get("dtype")
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return None
     if isinstance(spec, torch.dtype):
@@ -71,6 +95,8 @@ def resolve_device(spec: Any = None) -> str:
     """
     import torch
 
+    if spec is None:
+        spec = _SESSION.get().get("device")
     if spec is None or str(spec).lower() == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     text = str(spec).strip().lower()

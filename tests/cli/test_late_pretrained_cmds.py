@@ -101,7 +101,7 @@ def test_index_search_evaluate_with_a_colpali_folder(pages_and_model, tmp_path):
 def test_late_model_needs_the_late_engine_and_unknown_layouts_fail_in_one_line(pages_and_model, tmp_path):
     pages, model_dir = pages_and_model
     r = run("index", str(pages), "--model", str(model_dir), "--out", str(tmp_path / "a"), "-q")
-    assert r.returncode == 2 and "late-interaction" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "colpali" in r.stderr and "Traceback" not in r.stderr
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))

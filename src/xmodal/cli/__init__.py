@@ -34,6 +34,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 
+# Verbs that run a model take --device/--dtype/--threads, defined once in cli/options.py.
+MODEL_COMMANDS = frozenset({"index", "search", "evaluate", "train", "serve", "encode", "demo"})
+
+
+def _add_runtime_options() -> None:
+    from .options import with_runtime_options
+
+    for info in app.registered_commands:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        if name in MODEL_COMMANDS and info.callback is not None:
+            info.callback = with_runtime_options(info.callback)
+
+
+_add_runtime_options()
+
 
 def _quiet_libraries() -> None:
     """Hide transformers' per-load progress bars and info logs: the CLI prints its own progress."""

@@ -1,0 +1,12 @@
+"""Hardware choices of one command: device, precision and CPU threads (see ``xmodal.runtime.defaults``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def runtime_defaults(device: Any = None, dtype: Any = None, threads: Any = None) -> Any:
+    """A context in which models load on ``device`` in ``dtype`` and torch uses ``threads`` threads."""
+    from ..runtime import defaults
+
+    return defaults(device=device, dtype=dtype, threads=threads)
