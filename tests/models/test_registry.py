@@ -173,7 +173,7 @@ def test_late_interaction_over_a_tiny_region_backbone_encodes(tmp_path):
 # ---------------------------------------------------------------------------------------------- no global RNG effects
 @pytest.fixture(scope="module")
 def saved_kinds(tmp_path_factory, tiny_model_dir):
-    """One saved folder per kind: dual, late, joint, BLIP cross-encoder, region two-stream, region single-stream."""
+    """One saved folder per kind: dual, late, joint, BLIP cross-encoder, region two-stream/single-stream, ColPali, FLMR."""
     from xmodal.models.regions import build_tiny_region_model
     from xmodal.models.tiny_cross import build_tiny_blip, build_tiny_joint
 
@@ -183,8 +183,13 @@ def saved_kinds(tmp_path_factory, tiny_model_dir):
     build_tiny_blip(root / "blip")
     build_tiny_region_model("two-stream", root / "two-stream")
     build_tiny_region_model("single-stream", root / "single-stream")
+    from xmodal.models.tiny_late import build_tiny_colpali, build_tiny_flmr
+
+    build_tiny_colpali(root / "colpali")
+    build_tiny_flmr(root / "flmr")
     return {"dual": tiny_model_dir, "late": root / "late", "joint": root / "joint", "cross": root / "blip",
-            "region-dual": root / "two-stream", "region-cross": root / "single-stream"}
+            "region-dual": root / "two-stream", "region-cross": root / "single-stream",
+            "colpali": root / "colpali", "flmr": root / "flmr"}
 
 
 LOADERS = {
@@ -195,6 +200,8 @@ LOADERS = {
     "cross": [lambda p: load_model(p), lambda p: CrossEncoder.from_pretrained(p), lambda p: load_reranker(p)],
     "region-dual": [lambda p: load_model(p), lambda p: DualEncoder.from_pretrained(p)],
     "region-cross": [lambda p: load_model(p), lambda p: load_reranker(p)],
+    "colpali": [lambda p: load_model(p)],  # pretrained late-interaction checkpoints (no xmodal.json)
+    "flmr": [lambda p: load_model(p)],
 }
 
 

@@ -37,6 +37,7 @@ from ..errors import ModelNotFoundError
 from .colpali import model_id_for
 from .multivector import MultiVectorEncoderMixin, ragged, read_checkpoint_config, resolve
 from .registry import register_kind
+from .seeding import local_rng
 
 # Every config field this loader reads (the closing note of issue #14 lists them too).
 FLMR_CONFIG_FIELDS = (
@@ -325,7 +326,8 @@ class FLMREncoder(MultiVectorEncoderMixin, nn.Module):
         cfg = read_checkpoint_config(src)
         if cfg is None or cfg.get("model_type") != "flmr":
             raise ModelNotFoundError(f"'{name_or_path}' has no FLMR config.json (model_type 'flmr').")
-        model = FLMRModel(cfg)
+        with local_rng():  # the random init is overwritten by the published weights: leave the caller's RNG alone
+            model = FLMRModel(cfg)
         model.load_published_state_dict(_weights(src), src)
         qtok, ctok = _tokenizer(src, "query_tokenizer"), _tokenizer(src, "context_tokenizer")
         text_cfg = cfg.get("text_config") or {}
