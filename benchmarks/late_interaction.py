@@ -8,6 +8,8 @@ The peer, fast-plaid (PyPI), pins its own torch, so it runs in its own venv
 
     python benchmarks/late_interaction.py                        # 50k docs x 32 tokens x 128 dims
     python benchmarks/late_interaction.py --docs 20000 --no-peer
+    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --curve 4:64,8:256,16:1024 \
+        --peer-curve 4:1024,8:4096,16:8192               # recall-vs-latency curves on hard tokens
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PEER_SCRIPT = r"""
 import json, sys, time, os, numpy as np, torch
 from fast_plaid import search
 work, nbits, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+settings = json.loads(sys.argv[4]) if len(sys.argv) > 4 else [[8, 4096]]  # [n_ivf_probe, n_full_scores]
 torch.set_num_threads(os.cpu_count())
 docs = torch.from_numpy(np.load(f"{work}/docs.npy"))
 queries = torch.from_numpy(np.load(f"{work}/queries.npy"))
@@ -39,11 +42,14 @@ fp = search.FastPlaid(index=index_dir, device="cpu")
 fp.create(documents_embeddings=[d for d in docs], nbits=nbits)
 build = time.perf_counter() - t0
 fp.search(queries_embeddings=queries[:2], top_k=k, show_progress=False)  # warm-up
-t0 = time.perf_counter()
-res = fp.search(queries_embeddings=queries, top_k=k, show_progress=False)
-lat = (time.perf_counter() - t0) / len(queries)
 size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(index_dir) for f in fs)
-print(json.dumps({"build": build, "latency": lat, "bytes": size, "ids": [[int(i) for i, _ in r] for r in res]}))
+runs = []
+for probe, full in settings:
+    t0 = time.perf_counter()
+    res = fp.search(queries_embeddings=queries, top_k=k, show_progress=False, n_ivf_probe=probe, n_full_scores=full)
+    lat = (time.perf_counter() - t0) / len(queries)
+    runs.append({"setting": [probe, full], "latency": lat, "ids": [[int(i) for i, _ in r] for r in res]})
+print(json.dumps({"build": build, "bytes": size, "latency": runs[0]["latency"], "ids": runs[0]["ids"], "runs": runs}))
 """
 
 
@@ -62,6 +68,26 @@ def make_data(n_docs: int, tokens: int, dim: int, n_queries: int, q_tokens: int,
     q = topics[qt[:, None], rng.integers(0, 8, (n_queries, q_tokens))] + 0.35 * rng.standard_normal((n_queries, q_tokens, dim))
     q = (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float32)
     return docs, q
+
+
+def make_hard_data(n_docs: int, tokens: int, dim: int, n_queries: int, q_tokens: int, n_centres: int = 2000,
+                   noise: float = 1.0, seed: int = 0):
+    """Tokens around ``n_centres`` shared centres with heavy noise (noise norm ~ ``noise`` x the centre's);
+    a query = half its tokens noisy copies of one document's tokens, half random tokens."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    centres = unit(rng.standard_normal((n_centres, dim)))
+    docs = unit(centres[rng.integers(0, n_centres, (n_docs, tokens))]
+                + noise / np.sqrt(dim) * rng.standard_normal((n_docs, tokens, dim)))
+    half = q_tokens // 2
+    src = rng.integers(0, n_docs, n_queries)
+    picked = docs[src[:, None], np.stack([rng.choice(tokens, half, replace=False) for _ in range(n_queries)])]
+    noisy = unit(picked + noise / np.sqrt(dim) * rng.standard_normal(picked.shape))
+    random = unit(rng.standard_normal((n_queries, q_tokens - half, dim)))
+    return docs, np.concatenate([noisy, random], axis=1)
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
@@ -92,9 +118,20 @@ def main() -> None:
     ap.add_argument("--nbits", default="1,2,4,8")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--data", choices=("topics", "hard"), default="topics",
+                    help="topics: well-separated (every setting reaches ~1.0); hard: 2,000 shared centres, heavy noise, "
+                         "queries = 8 noisy tokens of one document + 8 random tokens (use --docs 5000 --nbits 2)")
+    ap.add_argument("--curve", default=None,
+                    help="xmodal nprobe:ncandidates settings for a recall-vs-latency curve, e.g. 4:64,8:256,16:1024 "
+                         "(default: the index defaults only)")
+    ap.add_argument("--peer-curve", default="8:4096",
+                    help="fast-plaid n_ivf_probe:n_full_scores settings (its defaults: 8:4096)")
     args = ap.parse_args()
 
-    docs, queries = make_data(args.docs, args.tokens, args.dim, args.queries, args.query_tokens)
+    make = make_hard_data if args.data == "hard" else make_data
+    docs, queries = make(args.docs, args.tokens, args.dim, args.queries, args.query_tokens)
+    curve = [tuple(int(v) for v in c.split(":")) for c in args.curve.split(",")] if args.curve else [None]
+    peer_curve = [[int(v) for v in c.split(":")] for c in args.peer_curve.split(",")]
     t0 = time.perf_counter()
     truth = exact_maxsim_topk(list(queries), list(docs), args.k)
     print(f"{args.docs:,} docs x {args.tokens} tokens x {args.dim} dims, {args.queries} queries x {args.query_tokens} tokens; "
@@ -110,28 +147,38 @@ def main() -> None:
             index.add([str(i) for i in range(len(docs))], docs)
             build = time.perf_counter() - t0
             index.search(queries[:2], args.k)  # warm-up (inverted lists are built lazily)
-            t0 = time.perf_counter()
-            _, ids = index.search(queries, args.k)
-            lat = (time.perf_counter() - t0) / len(queries)
             saved = index.save(Path(work) / f"xmodal-{nbits}")
             disk = sum(f.stat().st_size for f in saved.iterdir())
-            found = [[int(x) for x in row if x is not None] for row in ids]
-            rows.append(("xmodal", nbits, recall(found, truth), 1000 * lat, index.bytes_per_token(),
-                         disk / index.num_tokens, build))
+            defaults = (index.params["nprobe"], index.params["ncandidates"])
+            for setting in curve:
+                if setting is not None:
+                    index.params["nprobe"], index.params["ncandidates"] = setting
+                t0 = time.perf_counter()
+                _, ids = index.search(queries, args.k)
+                lat = (time.perf_counter() - t0) / len(queries)
+                found = [[int(x) for x in row if x is not None] for row in ids]
+                label = "defaults" if setting is None else f"{setting[0]}:{setting[1]}"
+                rows.append(("xmodal", nbits, label, recall(found, truth), 1000 * lat, index.bytes_per_token(),
+                             disk / index.num_tokens, build))
+            index.params["nprobe"], index.params["ncandidates"] = defaults
             print(f"  xmodal nbits={nbits} done", flush=True)
             if peer is not None:
-                r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k)], capture_output=True, text=True)
+                r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k), json.dumps(peer_curve)],
+                                   capture_output=True, text=True)
                 if r.returncode != 0:
                     print(f"  fast-plaid nbits={nbits} failed: {r.stderr[-500:]}")
                     continue
                 out = json.loads(r.stdout.strip().splitlines()[-1])
-                rows.append(("fast-plaid", nbits, recall(out["ids"], truth), 1000 * out["latency"], float("nan"),
-                             out["bytes"] / docs.shape[0] / docs.shape[1], out["build"]))
+                for run in out["runs"]:
+                    rows.append(("fast-plaid", nbits, "{}:{}".format(*run["setting"]), recall(run["ids"], truth),
+                                 1000 * run["latency"], float("nan"), out["bytes"] / docs.shape[0] / docs.shape[1], out["build"]))
                 print(f"  fast-plaid nbits={nbits} done", flush=True)
-    print(f"\n{'engine':<11}{'nbits':>6}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}{'B/token (disk)':>16}{'build s':>9}")
-    for eng, nb, rec, ms, bpt, disk, build in rows:
-        print(f"{eng:<11}{nb:>6}{rec:>11.3f}{ms:>10.1f}{bpt:>17.1f}{disk:>16.1f}{build:>9.1f}")
-    print("\nrecall@10 against exact MaxSim top-10; B/token (disk) = whole index folder / tokens (centroids, lists included)")
+    print(f"\n{'engine':<11}{'nbits':>6}{'setting':>11}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}"
+          f"{'B/token (disk)':>16}{'build s':>9}")
+    for eng, nb, label, rec, ms, bpt, disk, build in rows:
+        print(f"{eng:<11}{nb:>6}{label:>11}{rec:>11.3f}{ms:>10.1f}{bpt:>17.1f}{disk:>16.1f}{build:>9.1f}")
+    print("\nrecall@10 against exact MaxSim top-10; B/token (disk) = whole index folder / tokens (centroids, lists included);"
+          "\nsetting = xmodal nprobe:ncandidates, fast-plaid n_ivf_probe:n_full_scores")
 
 
 if __name__ == "__main__":

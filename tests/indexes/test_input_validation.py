@@ -56,16 +56,20 @@ def test_dimension_must_be_a_positive_int(dim):
         MultiVectorIndex(dim, nbits=None)
 
 
-def test_damaged_ids_json_is_a_corrupt_index_error(tmp_path):
+def test_damaged_ids_file_is_a_corrupt_index_error(tmp_path):
+    import pyarrow as pa
+
     index = FaissIndex(8)
     index.add(["a", "b"], unit(2))
     index.save(tmp_path / "idx")
     from xmodal.indexes.manifest import read_manifest
 
-    ids_file = read_manifest(tmp_path / "idx", verify=False).path(tmp_path / "idx", "ids.json")
-    ids_file.write_text("{not json")
+    ids_file = read_manifest(tmp_path / "idx", verify=False).path(tmp_path / "idx", "ids.arrow")
+    ids_file.write_text("{not arrow")
     with pytest.raises(CorruptIndexError, match="is damaged"):
         FaissIndex.load(tmp_path / "idx", verify=False)
-    ids_file.write_text(json.dumps([1, 2]))
+    table = pa.table({"x": [1, 2]})
+    with pa.OSFile(str(ids_file), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
     with pytest.raises(CorruptIndexError, match="wrong structure"):
         FaissIndex.load(tmp_path / "idx", verify=False)

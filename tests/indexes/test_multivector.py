@@ -140,3 +140,26 @@ def test_reconstruction_error_shrinks_as_nbits_grows():
     raw = MultiVectorIndex(32, nbits=None)
     raw.add(ids, docs)
     assert np.array_equal(raw.decompress(all_tokens), tokens)
+
+
+def test_add_is_amortised_not_a_full_copy():
+    # regression: every add() concatenated (copied) all stored tokens, so n adds cost O(n^2)
+    from xmodal.indexes.multivector import MultiVectorIndex
+
+    rng = np.random.default_rng(0)
+    docs = [(lambda v: v / np.linalg.norm(v, axis=1, keepdims=True))(rng.standard_normal((4, 16))).astype(np.float32)
+            for _ in range(400)]
+    index = MultiVectorIndex(16, nbits=2, n_centroids=8)
+    index.add([str(i) for i in range(100)], docs[:100])
+    buffers = set()
+    for i in range(100, 400):
+        index.add([str(i)], [docs[i]])
+        buffers.add(id(index._cols["codes"].buf))
+    assert len(buffers) <= 4  # 300 adds reallocated the token store only a few times (capacity doubling)
+    whole = MultiVectorIndex(16, nbits=2, n_centroids=8)
+    whole.add([str(i) for i in range(100)], docs[:100])
+    whole.add([str(i) for i in range(100, 400)], docs[100:])
+    np.testing.assert_array_equal(index._codes, whole._codes)
+    np.testing.assert_array_equal(index._packed, whole._packed)
+    assert index.search(docs[:5], 3)[1].tolist() == whole.search(docs[:5], 3)[1].tolist()
+    assert index.num_tokens == 1600 and len(index._doclens) == 400

@@ -91,14 +91,61 @@ class FaissIndex:
             raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
         if refine not in (None, "sq8", "flat"):
             raise InvalidInputError(f"refine must be None, 'sq8' or 'flat'; got {refine!r}.")
-        self._ids: list[str | None] = []  # label -> id (None once removed)
-        self._label: dict[str, int] = {}  # id -> label
-        self._meta: dict[str, dict[str, Any]] = {}
+        # label -> id (None once removed), id -> label, id -> metadata. A loaded index keeps them as
+        # Arrow columns (memory-mapped ids.arrow) and builds these Python objects only when asked
+        # (add/remove/metadata), so opening and searching 10M items parses nothing per item.
+        self._ids_list: list[str | None] | None = []
+        self._label_map: dict[str, int] | None = {}
+        self._meta_map: dict[str, dict[str, Any]] | None = {}
+        self._table: Any = None  # pyarrow Table (id, meta) of a loaded index, until materialised
+        self._n_live = 0
+        self._mmap_path: str | None = None  # index.faiss memory-mapped from here (read-only until changed)
         self._removed: set[int] = set()  # labels masked at search time (HNSW cannot delete)
         self._index: faiss.Index | None = None
         self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
         self._pos_ids: np.ndarray | None = None  # cached: label by position in the wrapped FAISS index
         self.tuning: Tuning | None = Tuning.from_dict(tuning)  # measured recall of the current search params
+
+    # ------------------------------------------------------------------ id columns
+    @property
+    def _ids(self) -> list[str | None]:
+        if self._ids_list is None:
+            self._ids_list = self._table.column("id").to_pylist()
+        return self._ids_list
+
+    @property
+    def _label(self) -> dict[str, int]:
+        if self._label_map is None:
+            self._label_map = {i: lab for lab, i in enumerate(self._ids) if i is not None}
+        return self._label_map
+
+    @property
+    def _meta(self) -> dict[str, dict[str, Any]]:
+        if self._meta_map is None:
+            metas = self._table.column("meta").to_pylist()
+            self._meta_map = {i: json.loads(m) for i, m in zip(self._ids, metas) if i is not None and m}
+        return self._meta_map
+
+    def _ids_of(self, labels: np.ndarray) -> np.ndarray:
+        """Item ids (object array, None for label -1) of an array of labels."""
+        if self._ids_list is None:  # loaded and untouched: read the few ids from the Arrow column
+            import pyarrow as pa
+
+            flat = labels.ravel()
+            col = self._table.column("id").take(pa.array(np.where(flat < 0, 0, flat)))
+            out = np.array(col.to_pylist(), dtype=object)
+            out[flat < 0] = None
+            return out.reshape(labels.shape)
+        return self._lookup()[labels]
+
+    def _writable(self) -> None:
+        """A memory-mapped FAISS index is read-only: read it into memory before the first change."""
+        if self._mmap_path is not None:
+            # from the mapped bytes, not the file: a later save in place may have replaced that version
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            self._mmap_path = None
+            self._pos_ids = None
+            self._apply_search_params()
 
     # ------------------------------------------------------------------ building
     @property
@@ -174,16 +221,19 @@ class FaissIndex:
             raise InvalidInputError(f"got {len(metadata)} metadata records for {len(ids)} ids.")
         if not ids:
             return
+        self._writable()
         if self._index is None:
             self._index = self._new_faiss_index(vecs)
         start = len(self._ids)
         labels = np.arange(start, start + len(ids), dtype=np.int64)
         self._index.add_with_ids(vecs, labels)
         self._ids.extend(ids)
+        label, meta = self._label, self._meta
         for j, i in enumerate(ids):
-            self._label[i] = start + j
+            label[i] = start + j
             if metadata is not None:
-                self._meta[i] = dict(metadata[j])
+                meta[i] = dict(metadata[j])
+        self._n_live += len(ids)
         self._ids_arr = self._pos_ids = None
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -191,6 +241,8 @@ class FaissIndex:
         labels = [self._label.pop(str(i)) for i in ids if str(i) in self._label]
         if not labels:
             return 0
+        self._writable()
+        self._n_live -= len(labels)
         for lab in labels:
             self._meta.pop(self._ids[lab], None)
             self._ids[lab] = None
@@ -204,7 +256,7 @@ class FaissIndex:
 
     # ------------------------------------------------------------------ querying
     def __len__(self) -> int:
-        return len(self._label)
+        return self._n_live
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._label
@@ -276,7 +328,7 @@ class FaissIndex:
         if self._index is None or len(self) == 0:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
         scores, labels = self._search_labels(q, k, as_id_filter(filter))
-        ids = self._lookup()[labels]
+        ids = self._ids_of(labels)
         missing = labels < 0
         if missing.any():
             scores = scores.copy()
@@ -330,7 +382,7 @@ class FaissIndex:
         if self._index is None or len(self) == 0:
             raise InvalidInputError("cannot tune an empty index; add vectors first.")
         rng = np.random.default_rng(seed)
-        live = np.flatnonzero(np.array([i is not None for i in self._ids]))
+        live = np.setdiff1d(self._labels_by_position()[:-1], np.fromiter(self._removed, dtype=np.int64))
         qlab = np.sort(rng.choice(live, min(sample, len(live)), replace=False))
         exact_truth = source is not None or self.kind in ("flat", "hnsw") or self.params["refine"] == "flat"
         chunks = (lambda: self._label_chunks(source)) if source is not None else self._stored_chunks
@@ -450,18 +502,27 @@ class FaissIndex:
         self.tune(target)
 
     def save(self, path: str | Path) -> Path:
-        """Write the index folder atomically: ``index.faiss``, ``ids.json``, ``metadata.jsonl``, manifest."""
+        """Write the index folder atomically: ``index.faiss``, ``ids.arrow`` (ids + metadata columns),
+        ``removed.npy``, then the manifest."""
+        import pyarrow as pa
+
         path = Path(path)
         self._retune_if_stale()
         with atomic_folder(path) as tmp:
-            files = ["ids.json", "metadata.jsonl"]
+            files = ["ids.arrow", "removed.npy"]
             if self._index is not None:
                 faiss.write_index(self._index, str(tmp / "index.faiss"))
                 files.append("index.faiss")
-            (tmp / "ids.json").write_text(json.dumps({"ids": self._ids, "removed": sorted(self._removed)}))
-            with open(tmp / "metadata.jsonl", "w") as f:
-                for i, m in self._meta.items():
-                    f.write(json.dumps({"id": i, "meta": m}) + "\n")
+            if self._ids_list is None and self._meta_map is None:
+                table = self._table  # untouched since loading: write the columns back as they are
+            else:
+                meta = self._meta
+                table = pa.table({"id": pa.array(self._ids, type=pa.large_string()),
+                                  "meta": pa.array([json.dumps(meta[i]) if i in meta else None for i in self._ids],
+                                                   type=pa.large_string())})
+            with pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            np.save(tmp / "removed.npy", np.array(sorted(self._removed), dtype=np.int64))
             manifest = Manifest(
                 engine=self.engine,
                 dimension=self.dim,
@@ -475,9 +536,18 @@ class FaissIndex:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, model_id: str | None = None, dimension: int | None = None, verify: bool = True
+        cls, path: str | Path, *, model_id: str | None = None, dimension: int | None = None, verify: bool = True,
+        mmap: bool = True,
     ) -> "FaissIndex":
-        """Load an index folder; refuse it if ``model_id``/``dimension`` are given and do not match."""
+        """Load an index folder; refuse it if ``model_id``/``dimension`` are given and do not match.
+
+        ``mmap``: map ``index.faiss`` instead of reading it (flat/HNSW/SQ8 vectors and IVF lists stay in
+        the page cache, shared between processes; opening is O(1) in the index size). The first
+        ``add``/``remove`` reads it into memory. Ids and metadata are memory-mapped Arrow columns,
+        turned into Python objects only when an operation needs them.
+        """
+        import pyarrow as pa
+
         path = Path(path)
         m = read_manifest(path, verify=verify)
         if m.engine != cls.engine:
@@ -488,19 +558,42 @@ class FaissIndex:
         params = dict(m.params)
         kind = params.pop("kind", "flat")
         self = cls(m.dimension, kind=kind, metric=m.metric, model_id=m.model_id, **params)
-        raw = read_index_json(m.path(path, "ids.json"))
-        try:
-            self._ids = list(raw["ids"])
-            self._removed = set(raw.get("removed", []))
-            self._label = {i: lab for lab, i in enumerate(self._ids) if i is not None}
-            for rec in read_index_json(m.path(path, "metadata.jsonl"), lines=True):
-                self._meta[rec["id"]] = rec["meta"]
-        except (KeyError, TypeError, AttributeError) as e:
+        if "ids.arrow" in m.checksums:
             from ..errors import CorruptIndexError
 
-            raise CorruptIndexError(f"index '{path}': ids.json or metadata.jsonl has the wrong structure ({e!r}).") from None
+            try:
+                self._table = pa.ipc.open_file(pa.memory_map(str(m.path(path, "ids.arrow")))).read_all()
+            except (pa.ArrowException, OSError) as e:
+                raise CorruptIndexError(f"index '{path}': ids.arrow is damaged ({e}). Rebuild the index.") from None
+            if self._table.column_names[:2] != ["id", "meta"]:
+                raise CorruptIndexError(f"index '{path}': ids.arrow has the wrong structure (columns "
+                                        f"{self._table.column_names}, not id/meta). Rebuild the index.")
+            self._ids_list = self._label_map = self._meta_map = None
+            self._removed = set(np.load(m.path(path, "removed.npy")).tolist())
+            self._n_live = len(self._table) - self._table.column("id").null_count
+        else:  # the format before ids.arrow: one JSON list of ids and a JSON line per metadata record
+            raw = read_index_json(m.path(path, "ids.json"))
+            try:
+                self._ids_list, self._label_map = list(raw["ids"]), None
+                self._removed = set(raw.get("removed", []))
+                for rec in read_index_json(m.path(path, "metadata.jsonl"), lines=True):
+                    self._meta[rec["id"]] = rec["meta"]
+                self._n_live = len(self._label)
+            except (KeyError, TypeError, AttributeError) as e:
+                from ..errors import CorruptIndexError
+
+                raise CorruptIndexError(f"index '{path}': ids.json or metadata.jsonl has the wrong structure ({e!r}).") from None
         if "index.faiss" in m.checksums:
-            self._index = faiss.read_index(str(m.path(path, "index.faiss")))
+            stored = str(m.path(path, "index.faiss"))
+            self._index = None
+            if mmap:  # flat codes (Flat, HNSW storage, SQ8 refine) are mapped; IVF lists are read
+                try:
+                    self._index = faiss.read_index(stored, faiss.IO_FLAG_MMAP_IFC)
+                    self._mmap_path = stored
+                except RuntimeError:  # a type FAISS cannot map: read it
+                    self._index = None
+            if self._index is None:
+                self._index = faiss.read_index(stored)
             self._apply_search_params()
         if len(self) != m.count:
             from ..errors import CorruptIndexError

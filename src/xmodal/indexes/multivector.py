@@ -44,6 +44,39 @@ def _as_ragged(vectors: Any, dim: int) -> list[np.ndarray]:
     return out
 
 
+class _Growable:
+    """An array with spare capacity: appending costs O(appended) amortised (doubling), not a copy of everything."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.buf, self.n = arr, len(arr)
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+    def append(self, more: np.ndarray) -> None:
+        need = self.n + len(more)
+        if need > len(self.buf):
+            grown = np.empty((max(need, 2 * len(self.buf), 1024),) + self.buf.shape[1:], dtype=self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n:need] = more
+        self.n = need
+
+
+def _stored(name: str) -> property:
+    """A token/document column kept in a ``_Growable``; assigning an array replaces it."""
+
+    def get(self: "MultiVectorIndex") -> np.ndarray:
+        return self._cols[name].view
+
+    def set(self: "MultiVectorIndex", arr: np.ndarray) -> None:
+        self._cols[name] = _Growable(arr)
+        self._offsets_cache = None
+
+    return property(get, set)
+
+
 class MultiVectorIndex:
     """Late-interaction index over string ids (see module docstring).
 
@@ -56,6 +89,10 @@ class MultiVectorIndex:
     """
 
     engine = ENGINE
+    _doclens = _stored("doclens")
+    _raw = _stored("raw")  # nbits=None only
+    _codes = _stored("codes")  # centroid id per token
+    _packed = _stored("packed")  # nbits-bit residual buckets, packed
 
     def __init__(self, dim: int, nbits: int | None = 2, n_centroids: int | None = None, model_id: str | None = None,
                  nprobe: int = 4, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
@@ -67,6 +104,8 @@ class MultiVectorIndex:
         self.dim, self.nbits, self.model_id = check_dim(dim), nbits, model_id
         self.params = {"n_centroids": n_centroids, "nprobe": nprobe, "ncandidates": ncandidates,
                        "kmeans_iters": kmeans_iters, "max_train_tokens": max_train_tokens, "seed": seed}
+        self._cols: dict[str, _Growable] = {}
+        self._offsets_cache: np.ndarray | None = None
         self._ids: list[str] = []
         self._label: dict[str, int] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -99,7 +138,9 @@ class MultiVectorIndex:
         return int(self._doclens.sum())
 
     def _offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self._doclens)])
+        if self._offsets_cache is None or len(self._offsets_cache) != len(self._doclens) + 1:
+            self._offsets_cache = np.concatenate([[0], np.cumsum(self._doclens)])
+        return self._offsets_cache
 
     def bytes_per_token(self) -> float:
         """Stored bytes per token (codes + residuals, or raw floats), excluding the shared centroids."""
@@ -188,15 +229,15 @@ class MultiVectorIndex:
             return
         tokens = np.concatenate(docs)
         if self.nbits is None:
-            self._raw = np.concatenate([self._raw, tokens])
+            self._cols["raw"].append(tokens)
         else:
             if self.centroids is None:
                 self._train(tokens)
                 self._codes = self._codes.astype(self._code_dtype())
             codes, packed = self._compress(tokens)
-            self._codes = np.concatenate([self._codes, codes])
-            self._packed = np.concatenate([self._packed, packed])
-        self._doclens = np.concatenate([self._doclens, [len(d) for d in docs]]).astype(np.int64)
+            self._cols["codes"].append(codes)
+            self._cols["packed"].append(packed)
+        self._cols["doclens"].append(np.array([len(d) for d in docs], dtype=np.int64))
         for j, i in enumerate(ids):
             self._label[i] = len(self._ids)
             self._ids.append(i)
