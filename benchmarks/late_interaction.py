@@ -160,6 +160,7 @@ def main() -> None:
                 label = "defaults" if setting is None else f"{setting[0]}:{setting[1]}"
                 rows.append(("xmodal", nbits, label, recall(found, truth), 1000 * lat, index.bytes_per_token(),
                              disk / index.num_tokens, build))
+                print(f"  xmodal nbits={nbits} {label}: recall@10 {rows[-1][3]:.3f}, {rows[-1][4]:.1f} ms/query", flush=True)
             index.params["nprobe"], index.params["ncandidates"] = defaults
             print(f"  xmodal nbits={nbits} done", flush=True)
             if peer is not None:
