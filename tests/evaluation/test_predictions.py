@@ -158,3 +158,20 @@ def test_check_predictions_fields_must_match(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"text_id": 500, "image_ids": list(range(10))}) + "\n")
     with pytest.raises(DatasetFormatError, match="fields"):
         check_predictions(tmp_path / "p.jsonl", texts)
+
+
+
+def test_late_interaction_predictions_match_the_evaluator(tmp_path):
+    """A late-interaction model (MaxSim) writes the same top 10 the evaluator ranks with, both directions."""
+    from xmodal.evaluation import RetrievalEvaluator
+    from xmodal.models.late import LateInteractionEncoder
+    from xmodal.models.tiny import build_tiny_model
+
+    texts, tsv, _ = write_split(tmp_path, "cnclip")
+    ds = read_chinese_clip(texts, tsv)
+    model = LateInteractionEncoder.from_dual(build_tiny_model("clip", extra_texts=[c.text for c in ds.captions]), dim=16)
+    m = RetrievalEvaluator(ds)(model)
+    t2i = muge_score(write_predictions(tmp_path / "p.jsonl", ds, model), texts)
+    i2t = muge_score(write_predictions(tmp_path / "tr.jsonl", ds, model, direction="i2t"), texts)
+    for k in (1, 5, 10):
+        assert t2i[f"R@{k}"] == pytest.approx(m[f"t2i_R@{k}"]) and i2t[f"R@{k}"] == pytest.approx(m[f"i2t_R@{k}"])

@@ -21,6 +21,8 @@ import numpy as np
 from ..data.chinese_clip import JsonlLayout
 from ..data.types import ImageTextDataset
 from ..errors import InvalidInputError
+from ..models.roles import MultiVectorEncoder
+from ..ops.maxsim import maxsim, pad
 from .evaluator import RetrievalEvaluator
 from .metrics import _top_k_stable
 from .muge import PRED_K, write_muge_predictions
@@ -43,13 +45,17 @@ def top_k_rows(dataset: ImageTextDataset, model: Any, k: int = PRED_K, direction
         what = "images" if direction == "t2i" else "texts"
         raise InvalidInputError(f"the split has {len(gallery)} {what}; the official scorers need exactly {k} distinct "
                                 f"ids per query, so predictions need at least {k} {what}.")
+    late = isinstance(model, MultiVectorEncoder)
+    if late:  # MaxSim with the text's tokens as the query side in both directions, as the evaluator scores
+        (tv, tm), (iv, im) = pad(txt), pad(img)
     rows = []
     for a in range(0, len(queries), chunk):
-        if isinstance(txt, list):  # late interaction: MaxSim with the text's tokens as the query side, as evaluated
-            s = np.asarray(model.similarity(txt[a:a + chunk], img)) if direction == "t2i" else \
-                np.asarray(model.similarity(txt, img[a:a + chunk])).T
+        b = a + chunk
+        if late:
+            s = maxsim(tv[a:b], tm[a:b], iv, im).numpy() if direction == "t2i" else \
+                maxsim(tv, tm, iv[a:b], im[a:b]).numpy().T
         else:
-            s = queries[a:a + chunk] @ gallery.T
+            s = queries[a:b] @ gallery.T
         rows.append(_top_k_stable(s, k))
     return np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int64)
 
