@@ -68,9 +68,17 @@ class InfoNCELoss(nn.Module):
     def temperature(self) -> float:
         return float(1.0 / self.log_scale.detach().exp().clamp(max=self.max_scale))
 
+    def _scale(self) -> torch.Tensor:
+        # a model that owns its temperature (a composed dual encoder saves it with its weights) trains that one
+        own = getattr(getattr(self.model, "backbone", None), "trainable_logit_scale", None)
+        return (own if own is not None else self.log_scale).exp().clamp(max=self.max_scale)
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        t, i, labels = embed_pair(self.model, batch)
-        return symmetric_cross_entropy(self.log_scale.exp().clamp(max=self.max_scale) * t @ i.T, labels)
+        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of (global) text and image embeddings; used directly by the cached-gradient driver."""
+        return symmetric_cross_entropy(self._scale() * t @ i.T, labels)
 
 
 class SigLIPLoss(nn.Module):
@@ -83,7 +91,9 @@ class SigLIPLoss(nn.Module):
         self.bias = nn.Parameter(torch.tensor(init_bias))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        t, i, labels = embed_pair(self.model, batch)
+        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.log_scale.exp() * t @ i.T + self.bias
         sign = 2.0 * (labels[:, None] == labels[None, :]).float() - 1.0
         return -F.logsigmoid(sign * logits).sum() / len(t)
@@ -106,7 +116,9 @@ class VSEPPLoss(nn.Module):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        t, i, labels = embed_pair(self.model, batch)
+        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         s = t @ i.T
         pos = s.diag()
         negatives = labels[:, None] != labels[None, :]
@@ -132,7 +144,9 @@ class MetricLearningLoss(nn.Module):
         self.model, self.loss, self.miner, self.cross_modal_only = model, loss, miner, cross_modal_only
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        t, i, labels = embed_pair(self.model, batch)
+        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         emb = torch.cat([t, i])
         lab = torch.cat([labels, labels])
         tuples = self.miner(emb, lab) if self.miner is not None else None

@@ -26,6 +26,39 @@ class Backbone(nn.Module):
 
     backend: str = "?"
     name: str = "?"
+    # Attribute paths (from the backbone) of each tower's own modules/parameters, in forward order. Freezing
+    # uses exactly these, never parameter-name fragments (open_clip's image tower has a "transformer" too).
+    text_tower: tuple[str, ...] = ()
+    image_tower: tuple[str, ...] = ()
+
+    def tower_parts(self, tower: str) -> list[tuple[str, nn.Module | nn.Parameter]]:
+        """``(path, module or parameter)`` of ``tower`` ("text" or "image"); parts a model lacks are skipped."""
+        paths = {"text": self.text_tower, "image": self.image_tower}[tower]
+        if not paths:
+            raise NotImplementedError(f"{type(self).__name__} does not say which parameters form its {tower} tower")
+        parts = []
+        for path in paths:
+            obj: Any = self
+            for attr in path.split("."):
+                obj = getattr(obj, attr, None)
+            if isinstance(obj, (nn.Module, nn.Parameter)):
+                parts.append((path, obj))
+        return parts
+
+    def _tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for _, obj in self.tower_parts(tower):
+            for p in ([obj] if isinstance(obj, nn.Parameter) else obj.parameters()):
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's own parameters (shared ones such as the logit scale belong to neither tower)."""
+        return self._tower_parameters("text")
+
+    def image_parameters(self) -> list[nn.Parameter]:
+        """The image tower's own parameters."""
+        return self._tower_parameters("image")
 
     def load_image(self, source: Any) -> Any:
         """One image input as ``preprocess`` takes it: a decoded RGB image (region models: features)."""
@@ -74,6 +107,8 @@ class HFBackbone(Backbone):
     """Any transformers model with ``get_text_features`` / ``get_image_features`` (CLIP, SigLIP, Chinese-CLIP, ...)."""
 
     backend = "hf"
+    text_tower = ("model.text_model", "model.text_projection")
+    image_tower = ("model.vision_model", "model.visual_projection")
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str) -> None:
         super().__init__()
@@ -145,6 +180,10 @@ class OpenClipBackbone(Backbone):
     """An open_clip model (``open_clip:ViT-B-32`` or a saved folder)."""
 
     backend = "open_clip"
+    # CLIP keeps the text tower at the top level; CustomTextCLIP (HF text towers) in ``model.text``
+    text_tower = ("model.text", "model.token_embedding", "model.positional_embedding", "model.transformer",
+                  "model.ln_final", "model.text_projection")
+    image_tower = ("model.visual",)
 
     def __init__(self, model: nn.Module, tokenizer: Any, preprocess: Any, name: str, model_cfg: dict | None = None,
                  preprocess_cfg: dict | None = None) -> None:

@@ -52,6 +52,10 @@ def _load_local_folder(path: Path) -> Backbone:
     if config is not None:
         if config.backend == "open_clip":
             return _load_open_clip_folder(path)
+        if config.backend == "composed":
+            from .compose import load_composed_backbone
+
+            return load_composed_backbone(path, name=config.model_id)
         if config.backend in REGION_BACKBONES:
             return load_region_backbone(path, config.backend, name=config.model_id)
         return _load_hf(str(path), display=config.model_id or str(path))

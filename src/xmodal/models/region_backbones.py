@@ -217,6 +217,8 @@ class RegionBackbone(_RegionInputs):
     """
 
     backend = "regions"
+    text_tower = ("text_model", "text_projection")
+    image_tower = ("region_embed", "image_token", "region_model", "region_norm", "region_projection")
 
     @property
     def _image_state_dim(self) -> int:
@@ -265,6 +267,9 @@ class SingleStreamBackbone(_RegionInputs):
     """
 
     backend = "single-stream"
+    # one BERT reads both; it counts as the text tower (the regions' own parts are their embedding + projection)
+    text_tower = ("text_model", "text_projection")
+    image_tower = ("region_embed", "region_projection")
 
     def __init__(self, config: RegionModelConfig, text_model: nn.Module, tokenizer: Any, name: str = "region-cross") -> None:
         super().__init__(config, text_model, tokenizer, name)

@@ -28,7 +28,11 @@ from tqdm.auto import tqdm
 
 from ..data.types import ImageTextDataset
 from ..io import recover_dir, replace_dir
+from ..errors import InvalidInputError
+from ..losses.cached import cached_backward, supports_cached
 from .data import PairCollator, PairDataset
+from .freeze import freeze_tower
+from .image_cache import Augment, ImageCache, ImagePrep, model_image_size
 
 
 @dataclass
@@ -36,8 +40,9 @@ class TrainConfig:
     output_dir: str = "runs/xmodal"
     epochs: int = 1
     max_steps: int | None = None  # optimiser steps; overrides epochs when set
-    batch_size: int = 64  # per process, per micro-batch
-    grad_accum: int = 1
+    batch_size: int = 64  # per process: the contrastive batch (in-batch negatives, x world size under DDP)
+    micro_batch: int | None = None  # embed batch_size rows this many at a time with cached gradients (GradCache)
+    grad_accum: int = 1  # average gradients of this many batches per optimiser step
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 50
@@ -46,8 +51,11 @@ class TrainConfig:
     eval_every: int = 0  # optimiser steps; 0 = at the end of each epoch only
     checkpoint_every: int = 200
     freeze: str | None = None  # "text" or "image": lock that tower (LiT locks the image tower)
+    unlock_last: int = 0  # with freeze: keep the frozen tower's last N layers (and its head) trainable
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader processes decoding images; -1 = auto (cores - 1, at most 4)
+    cache_dir: str | None = None  # preprocessed uint8 image cache (memory-mapped), reused across epochs and runs
+    augment: str | None = None  # "crop", "flip" or "crop,flip" (random resized crop / horizontal flip)
     log_every: int = 10
 
 
@@ -79,6 +87,13 @@ class _EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def resolve_workers(n: int) -> int:
+    """``-1`` = one decoding process per spare core (at most 4); the main process trains meanwhile."""
+    if n >= 0:
+        return n
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _dist() -> tuple[int, int]:
@@ -123,7 +138,15 @@ class Trainer:
         no_decay = [p for p in params if p.ndim < 2]  # biases, norms, temperature: no weight decay
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr)
-        self.pairs = PairDataset(train_data)
+        self.pairs = PairDataset(train_data, seed=self.config.seed)
+        self.num_workers = resolve_workers(self.config.num_workers)
+        self.augment = self._augment()
+        mb = self.config.micro_batch
+        if mb is not None and not 0 < mb <= self.config.batch_size:
+            raise InvalidInputError(f"--micro-batch must be between 1 and --batch-size ({self.config.batch_size}); got {mb}.")
+        self.cached = mb is not None and mb < self.config.batch_size
+        if self.cached and not supports_cached(loss):
+            cached_backward(loss, {}, mb)  # raises the clear error
         self.steps_per_epoch = max(1, (len(self.pairs) // self.world) // (self.config.batch_size * self.config.grad_accum))
         self.total_steps = self.config.max_steps or self.steps_per_epoch * self.config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -136,20 +159,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up helpers
     def _apply_freeze(self) -> None:
         if self.config.freeze is None:
+            if self.config.unlock_last:
+                raise InvalidInputError("--unlock-last needs --freeze text|image (it unlocks layers of the locked tower).")
             return
-        tower = {"text": ("text_model", "text_projection", "transformer", "token_embedding"),
-                 "image": ("vision_model", "visual_projection", "visual",
-                           "region_model", "region_embed", "region_projection", "image_token")}.get(self.config.freeze)
-        if tower is None:
-            raise ValueError(f"freeze must be 'text' or 'image'; got {self.config.freeze!r}")
-        frozen = 0
-        for name, p in self.model.named_parameters():
-            parts = name.split(".")
-            if any(t in parts for t in tower):
-                p.requires_grad_(False)
-                frozen += 1
-        if frozen == 0:
-            raise ValueError(f"found no {self.config.freeze} tower parameters to freeze in {type(self.model).__name__}")
+        freeze_tower(self.model, self.config.freeze, self.config.unlock_last)
 
     def _lr_factor(self, step: int) -> float:
         warm = self.config.warmup_steps
@@ -166,11 +179,36 @@ class Trainer:
             return torch.bfloat16
         return torch.float16
 
+    def _augment(self) -> Augment | None:
+        if not self.config.augment:
+            return None
+        size = model_image_size(self.model.backbone)
+        if size is None:
+            raise InvalidInputError(f"--augment needs a model that reads pixels; {type(self.model).__name__} does not.")
+        return Augment(self.config.augment, size)
+
+    def prepare_cache(self, show_progress: bool = False) -> None:
+        """Fill ``cache_dir`` with the training images (decoded once, in worker processes) and read from it."""
+        if not self.config.cache_dir or self.pairs.cache is not None:
+            return
+        size = model_image_size(self.model.backbone)
+        if size is None or hasattr(self.model.backbone, "features"):
+            raise InvalidInputError("--cache-dir caches decoded pixels; this model reads region features, not images.")
+        cache = ImageCache(self.config.cache_dir, ImagePrep(size))
+        sources = list(self.train_data.images.values())
+        if self.rank == 0:
+            cache.ensure(sources, num_workers=self.num_workers, show_progress=show_progress)
+        if self.world > 1:
+            torch.distributed.barrier()
+        self.pairs.cache, self.pairs.slots = cache, cache.ensure(sources)  # all cached by now: only reads the index
+
     def _loader(self) -> DataLoader:
         sampler = _EpochSampler(len(self.pairs), self.config.seed, self.state.epoch, self.rank, self.world,
                                 self.config.batch_size, skip=self.state.batch_in_epoch * self.config.batch_size)
+        self.pairs.epoch = self.state.epoch
         return DataLoader(self.pairs, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=PairCollator(self.model.backbone), num_workers=self.config.num_workers)
+                          collate_fn=PairCollator(self.model.backbone, self.augment), num_workers=self.num_workers,
+                          prefetch_factor=4 if self.num_workers else None)
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self) -> Path:
@@ -240,25 +278,36 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc="training", unit="step",
                    disable=not show_progress or self.rank != 0)
+        self.prepare_cache(show_progress=show_progress and self.rank == 0)
         running, n_running, t0 = 0.0, 0, time.perf_counter()
+        # throughput over the current log window: samples trained, wall time, time blocked waiting for a batch
+        samples, waited, t_window = 0, 0.0, time.perf_counter()
         while self.state.step < self.total_steps:
             micro = 0
+            t_ask = time.perf_counter()
             for batch in self._loader():
+                waited += time.perf_counter() - t_ask
+                samples += len(batch["labels"]) * self.world
                 loss = self._micro_step(batch)
                 running, n_running = running + loss, n_running + 1
                 micro += 1
                 self.state.batch_in_epoch += 1
                 if micro % self.config.grad_accum:
+                    t_ask = time.perf_counter()
                     continue
                 self._optimizer_step()
                 self.state.step += 1
                 bar.update(1)
                 entry: dict[str, float] = {}
                 if self.state.step % self.config.log_every == 0 or self.state.step == self.total_steps:
+                    span = max(1e-9, time.perf_counter() - t_window)
                     entry = {"step": self.state.step, "loss": running / max(1, n_running),
-                             "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
-                    bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                             "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+                             "samples_per_s": samples / span, "data_wait": waited / span}
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}", samples_s=f"{entry['samples_per_s']:.0f}",
+                                    data_wait=f"{100 * entry['data_wait']:.0f}%")
                     running, n_running = 0.0, 0
+                    samples, waited, t_window = 0, 0.0, time.perf_counter()
                 if self.config.eval_every and self.state.step % self.config.eval_every == 0:
                     entry = {"step": self.state.step, **entry, **self.evaluate()}
                 if entry:
@@ -267,6 +316,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.state.step >= self.total_steps:
                     break
+                t_ask = time.perf_counter()
             else:  # epoch finished
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
@@ -285,7 +335,14 @@ class Trainer:
             plot_history(self.state.history, self.out / "training_curve.png")
         return self.state
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
     def _micro_step(self, batch: dict[str, Any]) -> float:
+        if self.cached:  # GradCache: the whole batch's negatives, micro_batch rows in memory at a time
+            return cached_backward(self.loss, batch, self.config.micro_batch, autocast=self._autocast,
+                                   scale=lambda v: self.scaler.scale(v / self.config.grad_accum))
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             loss = self.loss(batch)
