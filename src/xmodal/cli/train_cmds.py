@@ -32,8 +32,9 @@ def synth(
 
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH of the training data (see `xmodal evaluate`)."),
-    model: str = typer.Option(..., "--model", "-m", help="Model to fine-tune (hub id, folder) or tiny:clip|siglip|chinese_clip|"
-                              "regions|regions-single-stream to start from scratch (region models need --features)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to fine-tune (hub id, folder) or tiny:clip|siglip|chinese_clip|"
+                                        "regions|regions-single-stream to start from scratch (region models need --features), or "
+                                        "compose:text=T,vision=V[,dim=256,pooling=mean,image_size=224,projection=mlp]."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, best/, history.json, training_curve.png."),
     images: Optional[Path] = typer.Option(None, "--images"),
     split: str = typer.Option("train", "--split"),
@@ -46,6 +47,21 @@ def train(
     amp: str = typer.Option("auto", help="auto | bf16 | fp16 | none"),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint-last if present."),
     features: Optional[Path] = typer.Option(None, "--features", help="Region-feature store for region-feature models."),
+    text_model: Optional[str] = typer.Option(None, "--text-model", help="Compose a new dual encoder: a transformers text "
+                                             "encoder folder (e.g. a sentence-transformers all-MiniLM-L6-v2 folder)."),
+    vision_model: Optional[str] = typer.Option(None, "--vision-model", help="...with this vision tower: timm:NAME[@pretrained], "
+                                               "torchvision:NAME, open_clip:ARCH[/TAG] or a transformers vision folder."),
+    embed_dim: int = typer.Option(256, help="Composed models: size of the shared embedding space."),
+    image_size: int = typer.Option(224, help="Composed models: input image size (must suit the vision tower)."),
+    pooling: str = typer.Option("auto", help="Composed models: text pooling auto | mean | cls | max."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Cached-gradient contrastive training: "
+                                              "--batch-size negatives in the memory of this many rows (GradCache)."),
+    num_workers: int = typer.Option(-1, "--num-workers", help="Image-decoding processes (-1: one per spare core, at most 4)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Preprocessed image cache (memory-mapped), "
+                                             "reused across epochs and runs."),
+    augment: Optional[str] = typer.Option(None, help="crop | flip | crop,flip (for vision towers trained from scratch)."),
+    unlock_last: int = typer.Option(0, "--unlock-last", help="With --freeze: train the locked tower's last N layers."),
+    hard_negatives: Optional[Path] = typer.Option(None, "--hard-negatives", help="Mined negatives from `xmodal mine-negatives`."),
 ) -> None:
     """Fine-tune a model; evaluates on --eval-split and keeps the best model in OUT/best."""
     from ..data.datasets import load_dataset
@@ -60,7 +76,19 @@ def train(
         from ..data.features import FeatureStore
 
         store = FeatureStore.open(features)
-    if model.startswith("tiny:regions"):
+    if (text_model is None) != (vision_model is None):
+        raise InvalidInputError("composing a model needs both --text-model and --vision-model.")
+    if text_model is not None or (model or "").startswith("compose:"):
+        from ..models.compose import ComposedEncoder, parse_compose_spec
+
+        if text_model is not None and model:
+            raise InvalidInputError("give either --model or --text-model/--vision-model, not both.")
+        spec = parse_compose_spec(model) if model else {"text_model": text_model, "vision_model": vision_model,
+                                                        "embed_dim": embed_dim, "image_size": image_size, "pooling": pooling}
+        net = ComposedEncoder.compose(**spec)
+    elif model is None:
+        raise InvalidInputError("give --model (or --text-model and --vision-model to compose one).")
+    elif model.startswith("tiny:regions"):
         from ..models.regions import build_tiny_region_model
 
         if store is None:
@@ -84,8 +112,14 @@ def train(
     evaluator = RetrievalEvaluator(load_dataset(dataset, images=images, split=eval_split)) if eval_split else None
     cfg = TrainConfig(output_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                       lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                      freeze=freeze, amp=amp)
-    trainer = Trainer(net, LOSSES[loss](net), train_ds, cfg, evaluator=evaluator)
+                      freeze=freeze, amp=amp, micro_batch=micro_batch, num_workers=num_workers,
+                      cache_dir=str(cache_dir) if cache_dir else None, augment=augment, unlock_last=unlock_last)
+    mined = None
+    if hard_negatives is not None:
+        from ..train.mining import read_negatives
+
+        mined = read_negatives(hard_negatives, train_ds)
+    trainer = Trainer(net, LOSSES[loss](net), train_ds, cfg, evaluator=evaluator, hard_negatives=mined)
     state = trainer.train(resume=resume)
     net.save(out / "final")
     last = next((h for h in reversed(state.history) if "mean_recall" in h), None)
@@ -94,6 +128,30 @@ def train(
         typer.echo(json.dumps({k: round(v, 2) for k, v in last.items() if "R@" in k or k == "mean_recall"}))
 
 
+def mine_negatives(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="FORMAT:PATH of the training data."),
+    model: str = typer.Option(..., "--model", "-m", help="The current model (folder) that encodes the training set."),
+    images: Optional[Path] = typer.Option(None, "--images"),
+    split: str = typer.Option("train", "--split"),
+    k: int = typer.Option(10, "-k", help="Negatives kept per caption and per image (hardest first)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: hard_negatives.SPLIT.json beside the dataset."),
+) -> None:
+    """Mine each caption's nearest non-matching images (and each image's nearest non-matching captions) with FAISS."""
+    from ..data.datasets import load_dataset
+    from ..models import load_model
+    from ..train.mining import mine_negatives as mine, write_negatives
+
+    ds = load_dataset(dataset, images=images, split=split)
+    net = load_model(model)
+    mined = mine(net, ds, k=k, show_progress=True)
+    if out is None:
+        src = Path(dataset.partition(":")[2] or dataset)
+        out = (src.parent if src.is_file() else src) / f"hard_negatives.{split}.json"
+    write_negatives(out, mined, ds, model_id=getattr(net, "model_id", ""))
+    typer.echo(f"mined {k} negatives for {len(ds.captions)} captions and {len(ds.images)} images -> {out}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("mine-negatives")(mine_negatives)
     app.command("synth")(synth)
     app.command("train")(train)

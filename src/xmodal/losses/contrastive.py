@@ -42,6 +42,15 @@ def embed_pair(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, t
     return t, i, labels
 
 
+def mined_negatives(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Embeddings and labels of the batch's mined negative images (``neg_image``; see ``train.mining``), gathered."""
+    if "neg_image" not in batch:
+        return None
+    ni = gather_with_grad(model.image_embeddings(batch["neg_image"]))
+    nl = gather_with_grad(batch["neg_labels"].to(ni.device).float()).long()
+    return ni, nl
+
+
 def symmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CLIP's loss on a (text x image) logit matrix whose diagonal holds the pairs, in both directions.
 
@@ -74,7 +83,19 @@ class InfoNCELoss(nn.Module):
         return (own if own is not None else self.log_scale).exp().clamp(max=self.max_scale)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+        t, i, labels = embed_pair(self.model, batch)
+        mined = mined_negatives(self.model, batch)
+        if mined is None:
+            return self.loss_from_embeddings(t, i, labels)
+        # mined negative images are extra columns of the text->image softmax (never one of the row's own images)
+        ni, nl = mined
+        scale = self._scale()
+        extra = (scale * t @ ni.T).masked_fill(nl[None, :] == labels[:, None], float("-inf"))
+        logits = scale * t @ i.T
+        same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+        t2i = torch.cat([logits.masked_fill(same, float("-inf")), extra], dim=1)
+        target = torch.arange(len(t), device=t.device)
+        return 0.5 * (F.cross_entropy(t2i, target) + F.cross_entropy(logits.masked_fill(same, float("-inf")).T, target))
 
     def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of (global) text and image embeddings; used directly by the cached-gradient driver."""
@@ -116,13 +137,18 @@ class VSEPPLoss(nn.Module):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+        return self.loss_from_embeddings(*embed_pair(self.model, batch), mined=mined_negatives(self.model, batch))
 
-    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor,
+                             mined: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         s = t @ i.T
         pos = s.diag()
         negatives = labels[:, None] != labels[None, :]
         cost_t2i = (self.margin + s - pos[:, None]).clamp(min=0) * negatives  # text as anchor, wrong images
+        if mined is not None:  # mined negative images: extra candidates for each text's hardest wrong image
+            ni, nl = mined
+            extra = (self.margin + t @ ni.T - pos[:, None]).clamp(min=0) * (labels[:, None] != nl[None, :])
+            cost_t2i = torch.cat([cost_t2i, extra], dim=1)
         cost_i2t = (self.margin + s - pos[None, :]).clamp(min=0) * negatives  # image as anchor, wrong texts
         warming_up = self.training and int(self.batches_seen) < self.warmup_steps
         if self.training:

@@ -35,6 +35,7 @@ from ..errors import InvalidInputError, ModelNotFoundError
 from ..runtime import place_model
 from .backbones import Backbone
 from .dual import DualEncoder
+from .loading import BACKEND_LOADERS
 from .registry import read_config, register_kind
 from .seeding import local_rng
 
@@ -357,6 +358,9 @@ def load_composed_backbone(folder: str | Path, name: str | None = None) -> Compo
         backbone = ComposedBackbone(cfg, text, tokenizer, vision, name=name or f"compose:{cfg.vision_model}")
     load_model(backbone, str(folder / WEIGHTS_FILE))
     return backbone
+
+
+BACKEND_LOADERS["composed"] = lambda folder, name: load_composed_backbone(folder, name=name)
 
 
 @register_kind("composed")

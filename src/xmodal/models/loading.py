@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ModelNotFoundError
 from .backbones import Backbone, HFBackbone, OpenClipBackbone
 from .region_backbones import BACKBONES as REGION_BACKBONES
 from .region_backbones import load_region_backbone
-from .registry import read_config
+from .registry import _discover, read_config
+
+# backend name (xmodal.json) -> loader(folder, model_id) for backbones defined in their own module (compose.py)
+BACKEND_LOADERS: dict[str, Callable[[Path, str | None], Backbone]] = {}
 
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_PREFIX = "hf:"
@@ -52,10 +55,10 @@ def _load_local_folder(path: Path) -> Backbone:
     if config is not None:
         if config.backend == "open_clip":
             return _load_open_clip_folder(path)
-        if config.backend == "composed":
-            from .compose import load_composed_backbone
-
-            return load_composed_backbone(path, name=config.model_id)
+        if config.backend not in BACKEND_LOADERS and config.backend not in ("hf", None, *REGION_BACKBONES):
+            _discover()  # a backend defined in another module of xmodal.models registers itself on import
+        if config.backend in BACKEND_LOADERS:
+            return BACKEND_LOADERS[config.backend](path, config.model_id)
         if config.backend in REGION_BACKBONES:
             return load_region_backbone(path, config.backend, name=config.model_id)
         return _load_hf(str(path), display=config.model_id or str(path))

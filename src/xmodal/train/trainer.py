@@ -123,7 +123,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss: nn.Module, train_data: ImageTextDataset, config: TrainConfig | None = None,
                  evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
-                 save_model: Callable[[nn.Module, Path], Any] | None = None) -> None:
+                 save_model: Callable[[nn.Module, Path], Any] | None = None,
+                 hard_negatives: dict[int, list[str]] | None = None) -> None:
         self.model, self.loss, self.config = model, loss, config or TrainConfig()
         self.train_data, self.evaluator = train_data, evaluator
         self.save_model = save_model or (lambda m, p: m.save(p))
@@ -138,7 +139,8 @@ class Trainer:
         no_decay = [p for p in params if p.ndim < 2]  # biases, norms, temperature: no weight decay
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr)
-        self.pairs = PairDataset(train_data, seed=self.config.seed)
+        # hard_negatives: caption index -> mined negative image ids (train.mining); one per caption joins each batch
+        self.pairs = PairDataset(train_data, seed=self.config.seed, hard_negatives=hard_negatives)
         self.num_workers = resolve_workers(self.config.num_workers)
         self.augment = self._augment()
         mb = self.config.micro_batch
@@ -147,6 +149,8 @@ class Trainer:
         self.cached = mb is not None and mb < self.config.batch_size
         if self.cached and not supports_cached(loss):
             cached_backward(loss, {}, mb)  # raises the clear error
+        if self.cached and hard_negatives is not None:
+            raise InvalidInputError("mined hard negatives are not supported with --micro-batch yet; use one or the other.")
         self.steps_per_epoch = max(1, (len(self.pairs) // self.world) // (self.config.batch_size * self.config.grad_accum))
         self.total_steps = self.config.max_steps or self.steps_per_epoch * self.config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
