@@ -136,7 +136,7 @@ def main() -> None:
             for kind in kinds:
                 r = run_one(kind, files, n, args.dim, work, args.target_recall, args.sample)
                 rows.append(r)
-                print(f"  {kind} {n:,} done ({r['build_s']:.0f} s build)", flush=True)
+                print(f"  {r}", flush=True)
             shutil.rmtree(sd)
     print(f"\n{args.dim}-d clustered vectors; recall@10 vs exact search at the tuned setting (target {args.target_recall})")
     head = (f"{'kind':<7}{'items':>10}{'build s':>9}{'B/item RAM':>11}{'B/item disk':>12}{'open mmap s':>12}"
