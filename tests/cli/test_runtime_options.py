@@ -60,10 +60,12 @@ def test_dtype_and_threads_reach_the_model(tiny_model_dir, image_folder, tmp_pat
                 "--dtype", "float16", "--threads", "1")
         assert r.returncode == 0, r.stderr
         assert placed[-1] == ("cpu", torch.float16, 1)
-        r = run("search", idx, "a red circle", "-k", "2", "--dtype", "bfloat16", "--threads", "2")
+        # (the index's weight fingerprint is dtype-specific, so another precision must say it accepts that)
+        r = run("search", idx, "a red circle", "-k", "2", "--dtype", "bfloat16", "--threads", "2",
+                "--allow-model-mismatch")
         assert r.returncode == 0, r.stderr
         assert placed[-1] == ("cpu", torch.bfloat16, 2)
-        r = run("search", idx, "a red circle", "-k", "2")  # defaults: the weights' own precision
+        r = run("search", idx, "a red circle", "-k", "2", "--allow-model-mismatch")  # default: the weights' own dtype
         assert r.returncode == 0 and placed[-1][1] == torch.float32
     finally:
         torch.set_num_threads(before)

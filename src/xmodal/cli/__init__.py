@@ -7,6 +7,7 @@ Each verb group lives in its own module under ``xmodal.cli`` and registers itsel
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -51,14 +52,19 @@ _add_runtime_options()
 
 
 def _quiet_libraries() -> None:
-    """Hide transformers' per-load progress bars and info logs: the CLI prints its own progress."""
-    try:
+    """Hide transformers' per-load progress bars and info logs (the CLI prints its own progress).
+
+    Logs: an environment variable read when transformers is first imported (importing it here would cost
+    seconds on every ``--help``); progress bars: switched off by the model verbs' runtime options
+    (``pipelines.hardware``), just before they load a model. A process that already imported transformers
+    (tests, notebooks) is told directly.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,4 +9,11 @@ def runtime_defaults(device: Any = None, dtype: Any = None, threads: Any = None)
     """A context in which models load on ``device`` in ``dtype`` and torch uses ``threads`` threads."""
     from ..runtime import defaults
 
+    try:  # the command prints its own progress; transformers' per-load bars would only add noise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
     return defaults(device=device, dtype=dtype, threads=threads)
