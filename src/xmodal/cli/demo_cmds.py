@@ -13,7 +13,7 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Train a tiny model on generated scenes, index them with FAISS and search by text (all offline)."""
-    from ..demo import run_demo
+    from ..pipelines import demo as run_demo
 
     run_demo(out, steps=steps, seed=seed, echo=typer.echo)
 

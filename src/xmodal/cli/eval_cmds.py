@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import InvalidInputError
 
 
 def evaluate(
@@ -25,57 +24,15 @@ def evaluate(
     features: Optional[Path] = typer.Option(None, "--features", help="Region-feature store (npz folder, TSV, HDF5, LMDB) for region-feature models."),
 ) -> None:
     """Evaluate retrieval (optionally with reranking) and print a table of recalls."""
-    from ..data.datasets import load_dataset
-    from ..evaluation import RetrievalEvaluator, format_table
+    from ..pipelines import evaluate as run_evaluate
 
-    if model is None and rerank is None:
-        raise InvalidInputError("give --model, --rerank, or both.")
-    ds = load_dataset(dataset, images=images, split=split)
-    ev = RetrievalEvaluator(ds, batch_size=batch_size, show_progress=True)
-    encoder = reranker = None
-    if model:
-        from ..models import load_model
-
-        encoder = load_model(model)
-    if rerank:
-        from ..models.cross import load_reranker
-
-        reranker = load_reranker(rerank)
-    if features is not None:
-        attach_feature_store(features, encoder, reranker)
-    results: dict[str, dict[str, float]] = {}
-    if encoder is not None and (reranker is None or compare):
-        results["retrieve"] = ev(encoder)
-    if reranker is not None and encoder is not None:
-        results[f"retrieve+rerank@{depth}"] = ev(encoder, reranker=reranker, depth=depth)
-    if reranker is not None and (encoder is None or compare):
-        results["rerank-all"] = ev(None, reranker=reranker)
-    typer.echo(f"{ds.name} / {ds.split}: {len(ds.images)} images, {len(ds.captions)} captions")
-    typer.echo(format_table(results))
-    if out:
-        from ..evaluation import write_metrics
-
-        write_metrics(out, results)
-    for pred_out, direction in ((muge_out, "t2i"), (tr_out, "i2t")):
-        if pred_out:
-            if encoder is None:
-                raise InvalidInputError("--muge-predictions / --tr-predictions need --model.")
-            from ..evaluation import write_predictions
-
-            write_predictions(pred_out, ds, encoder, direction=direction, batch_size=batch_size)
-            typer.echo(f"{direction} predictions written to {pred_out}")
-
-
-def attach_feature_store(path: Path, *models: object) -> None:
-    """Open a region-feature store and give it to every region-feature model among ``models``."""
-    from ..data.features import FeatureStore
-
-    takers = [m for m in models if m is not None and hasattr(getattr(m, "backbone", None), "features")]
-    if not takers:
-        raise InvalidInputError("--features is for region-feature models; the given model(s) read pixels.")
-    store = FeatureStore.open(path)
-    for m in takers:
-        m.attach_features(store)
+    run = run_evaluate(dataset, model, images=images, split=split, rerank=rerank, depth=depth, compare=compare,
+                       batch_size=batch_size, out=out, muge_predictions=muge_out, tr_predictions=tr_out,
+                       features=features)
+    typer.echo(run.header())
+    typer.echo(run.table())
+    for direction, path in run.predictions.items():
+        typer.echo(f"{direction} predictions written to {path}")
 
 
 def register(app: typer.Typer) -> None:

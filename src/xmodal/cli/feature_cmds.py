@@ -28,9 +28,9 @@ def split(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Split a TSV into one npz per image; re-running skips ids already written (resumable)."""
-    from ..data.features import split_tsv
+    from ..pipelines import features_split
 
-    report = split_tsv(src, out, progress=progress)
+    report = features_split(src, out, progress=progress)
     typer.echo(report.summary())
     _echo_skipped(report.skipped)
 
@@ -43,9 +43,9 @@ def info(
     progress: bool = typer.Option(False, help="Show a progress bar."),
 ) -> None:
     """Format, count, feature dim, regions per image, box statistics and skipped records."""
-    from ..data.features import describe_features
+    from ..pipelines import features_info
 
-    d = describe_features(path, format, limit=limit or None, progress=progress)
+    d = features_info(path, format, limit=limit or None, progress=progress)
     r, b = d["regions"], d["boxes"]
     read = f" (statistics over the first {d['read']})" if d["read"] != d["count"] else ""
     typer.echo(f"{d['path']}: {d['format']}, {d['count']} images{read}, feature dim {d['feature_dim']}")
@@ -69,11 +69,10 @@ def convert(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Copy a store into another format (written beside --out and renamed into place)."""
-    from ..data.features import FeatureStore, convert_features
+    from ..pipelines import features_convert
 
-    path, skipped = convert_features(src, out, to, overwrite=overwrite, progress=progress)
-    with FeatureStore.open(path) as st:
-        typer.echo(f"wrote '{path}': {st.format}, {len(st)} images; skipped {len(skipped)} malformed records.")
+    path, skipped, fmt, count = features_convert(src, out, to, overwrite=overwrite, progress=progress)
+    typer.echo(f"wrote '{path}': {fmt}, {count} images; skipped {len(skipped)} malformed records.")
     _echo_skipped(skipped)
 
 

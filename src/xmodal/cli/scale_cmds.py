@@ -24,15 +24,11 @@ def encode(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: a local Ray."),
 ) -> None:
     """Encode a collection into embedding shards; finished shards are skipped on re-runs."""
-    from ..distributed import encode_collection
+    from ..pipelines import encode as run_encode
 
-    if ray_address:
-        import ray
-
-        ray.init(address=ray_address, ignore_reinit_error=True)
-    report = encode_collection(input, model, out, executor=executor, batch_size=batch_size,
-                               images_per_shard=images_per_shard, max_retries=retries, num_actors=actors,
-                               late_interaction=late_interaction, decode_workers=decode_workers)
+    report = run_encode(input, model, out, executor=executor, ray_address=ray_address, batch_size=batch_size,
+                        images_per_shard=images_per_shard, max_retries=retries, num_actors=actors,
+                        late_interaction=late_interaction, decode_workers=decode_workers)
     typer.echo(report.summary())
     for f in report.shards_failed:
         typer.echo(f"  failed shard {f['shard']}: {f['error']}", err=True)

@@ -1,4 +1,4 @@
-"""``xmodal index``, ``xmodal search`` and ``xmodal demo``."""
+"""``xmodal index`` and ``xmodal search``: parse arguments, call ``pipelines.index_folder`` / ``index_from_embeddings`` / ``search``."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def index(
                           show_progress=not quiet, allow_model_mismatch=allow_model_mismatch,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None))
     typer.echo(report.summary())
-    _echo_search_settings(out)
+    if report.search_settings:
+        typer.echo(f"search settings: {report.search_settings}")
     if report.failed:
         typer.echo(f"skipped {len(report.failed)} unreadable files:", err=True)
         for rel, reason in report.failed:
@@ -86,17 +87,6 @@ def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str],
         close()
 
 
-def _echo_search_settings(out: Path) -> None:
-    """Print the ANN search settings and measured recall recorded in the index manifest, when tuned."""
-    from ..indexes.manifest import read_manifest
-
-    tuning = read_manifest(out, verify=False).params.get("tuning")
-    if tuning:
-        from ..indexes.recall import Tuning
-
-        typer.echo(f"search settings: {Tuning.from_dict(tuning).describe()}")
-
-
 def search(
     index_dir: Path = typer.Argument(..., help="Index folder made by `xmodal index`."),
     query: Optional[str] = typer.Argument(None, help="Text query."),
@@ -112,44 +102,20 @@ def search(
         help="Search although the model's weights differ from those the index was built with (same id)."),
 ) -> None:
     """Search an index by text and/or image; prints rank, score, id and path."""
-    from ..collection import open_collection
-    from ..data.ids import printable_id
+    from ..pipelines import search as run_search
 
-    if query is not None and not query.strip():
-        raise InvalidInputError("the query is empty; give some text or --image.")
-    if query is None and image is None:
-        raise InvalidInputError("give a text query or --image PATH.")
-    if k < 1:
-        raise InvalidInputError(f"-k must be >= 1; got {k}.")
-    collection = open_collection(index_dir)
-    reranker = None
-    if rerank:
-        from ..models.cross import load_reranker
-
-        reranker = load_reranker(rerank)
-    retriever = collection.retriever(model=model, reranker=reranker, depth=depth,
-                                     allow_model_mismatch=allow_model_mismatch)
-    result = retriever.search(text=query, image=image, k=k)
-    paths = [str(collection.image_path(i)) for i in result.ids]
-    if gallery is not None:
-        from ..visualize import save_gallery
-
-        label = " + ".join(x for x in (query and f"'{query}'", image and f"image {Path(image).name}") if x)
-        save_gallery([(label, paths, result.scores)], gallery)
+    hits = run_search(index_dir, query, image, k=k, model=model, rerank=rerank, depth=depth, gallery=gallery,
+                      allow_model_mismatch=allow_model_mismatch)
     if as_json:
-        payload = result.to_dict()
-        payload["paths"] = paths
-        payload.pop("metadata", None)
-        typer.echo(json.dumps(payload))
+        typer.echo(json.dumps(hits.to_dict()))
         return
+    result = hits.result
     typer.echo(f"{len(result)} results ({result.stage}) for "
                + (f"'{query}'" if query else "") + (f" image {image}" if image else ""))
-    tuning = getattr(collection.index, "tuning", None)
-    if tuning is not None:
-        typer.echo(f"index {collection.index.kind}: {tuning.describe()}")
-    for rank, (i, s, p) in enumerate(zip(result.ids, result.scores, paths), start=1):
-        # ids/paths may hold newlines or undecodable bytes (file names can): escape them, one row per line
-        typer.echo(f"{rank:>3}  {s:+.4f}  {printable_id(i)}  {printable_id(p)}")
+    if hits.search_settings is not None:
+        typer.echo(f"index {hits.search_settings}")
+    for row in hits.rows():
+        typer.echo(row)
 
 
 def register(app: typer.Typer) -> None:

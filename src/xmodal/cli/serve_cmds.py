@@ -1,4 +1,4 @@
-"""``xmodal serve``: the HTTP API and web page with uvicorn."""
+"""``xmodal serve``: parse arguments, call ``pipelines.serve`` (the HTTP API and web page with uvicorn)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,10 @@ def serve(
              "when it is a specific address."),
 ) -> None:
     """Serve search over HTTP (POST /search, /embed, GET /items/...) and a web page at /."""
-    import uvicorn
+    from ..pipelines import serve as run_serve
 
-    from ..collection import open_collection
-    from ..server import create_app
-    from ..server.limits import LOCAL_HOSTS, server_config
-
-    open_collection(index_dir)  # fail now, with a clear message, rather than inside the server
-    hosts = list(allowed_host or LOCAL_HOSTS) + ([host] if not allowed_host and host not in ("0.0.0.0", "::") else [])
-    app = create_app(index_dir, model=model, reranker=rerank, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                     allowed_hosts=hosts)
-    typer.echo(f"xmodal serving {index_dir} on http://{host}:{port}/")
-    uvicorn.Server(server_config(app, host=host, port=port)).run()
+    run_serve(index_dir, model=model, rerank=rerank, host=host, port=port, max_upload_mb=max_upload_mb,
+              allowed_hosts=allowed_host, echo=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

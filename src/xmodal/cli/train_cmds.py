@@ -1,4 +1,4 @@
-"""``xmodal train`` and ``xmodal synth``."""
+"""``xmodal train``, ``xmodal synth`` and ``xmodal mine-negatives``: parse arguments, call one pipelines function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
-from ..errors import InvalidInputError
+# Written out here (not read from xmodal.losses) so `xmodal --help` imports no torch;
+# tests/cli/test_train_cmds.py checks it names every loss in LOSSES.
+LOSS_HELP = ("infonce | siglip | vsepp (dual encoders) | maxsim (late-interaction token vectors) | "
+             "itm (cross-encoder matching with hard negatives) | joint (contrastive + ITM; needs a JointModel)")
 
 
 def synth(
@@ -22,11 +25,11 @@ def synth(
     region_features: int = typer.Option(0, help="Also write detector-style region features of this size to OUT/features/."),
 ) -> None:
     """Generate the synthetic compositional benchmark."""
-    from ..data.synthetic import write_synthetic
+    from ..pipelines import synth as run_synth
 
-    path = write_synthetic(out, n_train=n_train, n_val=n_val, n_test=n_test, n_unseen=n_unseen, seed=seed,
-                           langs=tuple(langs.split(",")), max_objects=max_objects,
-                           hard_negatives_per_caption=hard_negatives, region_feature_dim=region_features)
+    path = run_synth(out, n_train=n_train, n_val=n_val, n_test=n_test, n_unseen=n_unseen, seed=seed,
+                     langs=tuple(langs.split(",")), max_objects=max_objects,
+                     hard_negatives_per_caption=hard_negatives, region_feature_dim=region_features)
     typer.echo(f"wrote {path}")
 
 
@@ -39,7 +42,7 @@ def train(
     images: Optional[Path] = typer.Option(None, "--images"),
     split: str = typer.Option("train", "--split"),
     eval_split: Optional[str] = typer.Option("val", "--eval-split", help="Split of the same dataset to evaluate on ('' for none)."),
-    loss: str = typer.Option("infonce", help="infonce | siglip | vsepp | joint (joint needs a JointModel)"),
+    loss: str = typer.Option("infonce", help=LOSS_HELP),
     epochs: int = typer.Option(1), max_steps: Optional[int] = typer.Option(None), batch_size: int = typer.Option(64),
     grad_accum: int = typer.Option(1), lr: float = typer.Option(5e-4), warmup_steps: int = typer.Option(50),
     eval_every: int = typer.Option(0), checkpoint_every: int = typer.Option(200),
@@ -64,68 +67,18 @@ def train(
     hard_negatives: Optional[Path] = typer.Option(None, "--hard-negatives", help="Mined negatives from `xmodal mine-negatives`."),
 ) -> None:
     """Fine-tune a model; evaluates on --eval-split and keeps the best model in OUT/best."""
-    from ..data.datasets import load_dataset
-    from ..evaluation import RetrievalEvaluator
-    from ..losses import LOSSES
-    from ..train import TrainConfig, Trainer, init_distributed_from_env
+    from ..pipelines import train as run_train
 
-    init_distributed_from_env()
-    train_ds = load_dataset(dataset, images=images, split=split)
-    store = None
-    if features is not None:
-        from ..data.features import FeatureStore
-
-        store = FeatureStore.open(features)
-    if (text_model is None) != (vision_model is None):
-        raise InvalidInputError("composing a model needs both --text-model and --vision-model.")
-    if text_model is not None or (model or "").startswith("compose:"):
-        from ..models.compose import ComposedEncoder, parse_compose_spec
-
-        if text_model is not None and model:
-            raise InvalidInputError("give either --model or --text-model/--vision-model, not both.")
-        spec = parse_compose_spec(model) if model else {"text_model": text_model, "vision_model": vision_model,
-                                                        "embed_dim": embed_dim, "image_size": image_size, "pooling": pooling}
-        net = ComposedEncoder.compose(**spec)
-    elif model is None:
-        raise InvalidInputError("give --model (or --text-model and --vision-model to compose one).")
-    elif model.startswith("tiny:regions"):
-        from ..models.regions import build_tiny_region_model
-
-        if store is None:
-            raise InvalidInputError(f"{model} reads region features: give --features PATH.")
-        arch = "single-stream" if model.endswith("single-stream") else "two-stream"
-        net = build_tiny_region_model(arch, out / "init", region_dim=store.feature_dim,
-                                      extra_texts=[c.text for c in train_ds.captions])
-    elif model.startswith("tiny:"):
-        from ..models.tiny import build_tiny_model
-
-        texts = [c.text for c in train_ds.captions]
-        net = build_tiny_model(model[5:], out / "init", extra_texts=texts)
-    else:
-        from ..models import load_model
-
-        net = load_model(model)
-    if store is not None:
-        net.attach_features(store)  # refuses pixel models with a clear InvalidInputError
-    if loss not in LOSSES:
-        raise InvalidInputError(f"unknown loss '{loss}'; choose from {sorted(LOSSES)}.")
-    evaluator = RetrievalEvaluator(load_dataset(dataset, images=images, split=eval_split)) if eval_split else None
-    cfg = TrainConfig(output_dir=str(out), epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-                      lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                      freeze=freeze, amp=amp, micro_batch=micro_batch, num_workers=num_workers,
-                      cache_dir=str(cache_dir) if cache_dir else None, augment=augment, unlock_last=unlock_last)
-    mined = None
-    if hard_negatives is not None:
-        from ..train.mining import read_negatives
-
-        mined = read_negatives(hard_negatives, train_ds)
-    trainer = Trainer(net, LOSSES[loss](net), train_ds, cfg, evaluator=evaluator, hard_negatives=mined)
-    state = trainer.train(resume=resume)
-    net.save(out / "final")
-    last = next((h for h in reversed(state.history) if "mean_recall" in h), None)
-    typer.echo(f"trained {state.step} steps; final model in {out / 'final'}; best in {out / 'best'}; curve {out / 'training_curve.png'}")
-    if last:
-        typer.echo(json.dumps({k: round(v, 2) for k, v in last.items() if "R@" in k or k == "mean_recall"}))
+    run = run_train(dataset, model, out, images=images, split=split, eval_split=eval_split, loss=loss, features=features,
+                    resume=resume, hard_negatives=hard_negatives, text_model=text_model, vision_model=vision_model,
+                    embed_dim=embed_dim, image_size=image_size, pooling=pooling, epochs=epochs, max_steps=max_steps,
+                    batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+                    eval_every=eval_every, checkpoint_every=checkpoint_every, freeze=freeze, amp=amp,
+                    micro_batch=micro_batch, num_workers=num_workers, cache_dir=cache_dir, augment=augment,
+                    unlock_last=unlock_last)
+    typer.echo(run.summary())
+    if run.last_eval:
+        typer.echo(json.dumps({k: round(v, 2) for k, v in run.last_eval.items()}))
 
 
 def mine_negatives(
@@ -137,18 +90,10 @@ def mine_negatives(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: hard_negatives.SPLIT.json beside the dataset."),
 ) -> None:
     """Mine each caption's nearest non-matching images (and each image's nearest non-matching captions) with FAISS."""
-    from ..data.datasets import load_dataset
-    from ..models import load_model
-    from ..train.mining import mine_negatives as mine, write_negatives
+    from ..pipelines import mine_negatives as run_mine
 
-    ds = load_dataset(dataset, images=images, split=split)
-    net = load_model(model)
-    mined = mine(net, ds, k=k, show_progress=True)
-    if out is None:
-        src = Path(dataset.partition(":")[2] or dataset)
-        out = (src.parent if src.is_file() else src) / f"hard_negatives.{split}.json"
-    write_negatives(out, mined, ds, model_id=getattr(net, "model_id", ""))
-    typer.echo(f"mined {k} negatives for {len(ds.captions)} captions and {len(ds.images)} images -> {out}")
+    path, n_captions, n_images = run_mine(dataset, model, images=images, split=split, k=k, out=out)
+    typer.echo(f"mined {k} negatives for {n_captions} captions and {n_images} images -> {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,25 +1,23 @@
 """One library function per command: ``xmodal <verb>`` parses arguments and calls exactly one of these.
 
 The Python API can do everything the command line does by calling the same functions
-(``xmodal.index_folder(...)``, ``xmodal.search(...)``, ...). Each lives in its own module and is
-imported on first use, so ``import xmodal.pipelines`` (and ``xmodal --help``) stays light.
+(``xmodal.index_folder(...)``, ``xmodal.search(...)``, ...). Heavy libraries are imported inside the
+functions; the command line imports this package only when a command runs (``xmodal --help`` stays light).
+Adding a command: a module here with its function + one export line below, and a ``cli/*_cmds.py``
+module that parses arguments and calls it (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .demo import demo  # xmodal demo
+from .encode import encode  # xmodal encode
+from .evaluate import EvaluationRun, attach_feature_store, evaluate  # xmodal evaluate
+from .features import features_convert, features_info, features_split  # xmodal features split|info|convert
+from .index import EmbeddingsIndex, index_folder, index_from_embeddings  # xmodal index [--from-embeddings]
+from .search import SearchHits, search  # xmodal search
+from .serve import serve  # xmodal serve
+from .train import TrainRun, mine_negatives, synth, train  # xmodal train, xmodal synth, xmodal mine-negatives
 
-# function name -> module under xmodal.pipelines that defines it (a new command: one module + one line here)
-PIPELINES: dict[str, str] = {
-    "index_folder": "index",
-    "index_from_embeddings": "index",
-}
-
-__all__ = sorted(PIPELINES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in PIPELINES:
-        return getattr(importlib.import_module(f"{__name__}.{PIPELINES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["index_folder", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
+           "features_split", "features_info", "features_convert", "mine_negatives", "EmbeddingsIndex", "SearchHits", "EvaluationRun",
+           "TrainRun", "attach_feature_store"]

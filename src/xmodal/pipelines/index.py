@@ -24,10 +24,24 @@ def recorded_model(out: str | Path) -> str:
     return model
 
 
+@dataclass
+class FolderIndex:
+    """What ``index_folder`` did: the ``BuildReport`` (its fields read through: ``.added``, ``.summary()``, ...)
+    and the tuned ANN search settings, when the index has them."""
+
+    report: BuildReport
+    search_settings: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "report":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.report, name)
+
+
 def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, engine: str | None = None,
                  kind: str | None = None, nbits: int | None = None, uri: str | None = None,
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
-                 show_progress: bool = True, target_recall: float | None = None, **index_options: Any) -> BuildReport:
+                 show_progress: bool = True, target_recall: float | None = None, **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
     Args:
@@ -45,8 +59,21 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
         model = recorded_model(out)
     options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection,
                                             target_recall=target_recall), **index_options}
-    return build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
-                            show_progress=show_progress, **options)
+    report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
+                              show_progress=show_progress, **options)
+    return FolderIndex(report, search_settings(out))
+
+
+def search_settings(out: str | Path) -> str | None:
+    """The ANN search settings and measured recall recorded in an index manifest, when tuned."""
+    from ..indexes.manifest import read_manifest
+
+    tuning = read_manifest(out, verify=False).params.get("tuning")
+    if not tuning:
+        return None
+    from ..indexes.recall import Tuning
+
+    return Tuning.from_dict(tuning).describe()
 
 
 @dataclass

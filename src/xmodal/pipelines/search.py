@@ -1,0 +1,71 @@
+"""``search``: what ``xmodal search`` does, as a library call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..collection import open_collection
+from ..errors import InvalidInputError
+from ..retrieve.results import SearchResult
+
+
+@dataclass
+class SearchHits:
+    """Ranked hits of one query on a collection, with the image file of each hit."""
+
+    result: SearchResult
+    paths: list[str]
+    gallery: Path | None = None  # the contact sheet, when one was asked for
+    search_settings: str | None = None  # "KIND: tuned ANN settings and measured recall", when the index has them
+
+    def rows(self) -> list[str]:
+        """One printable line per hit: rank, score, id, path (newlines/undecodable bytes in names escaped)."""
+        from ..data.ids import printable_id
+
+        r = self.result
+        return [f"{rank:>3}  {s:+.4f}  {printable_id(i)}  {printable_id(p)}"
+                for rank, (i, s, p) in enumerate(zip(r.ids, r.scores, self.paths), start=1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = self.result.to_dict()
+        payload["paths"] = list(self.paths)
+        payload.pop("metadata", None)
+        return payload
+
+
+def search(index_dir: str | Path, text: str | None = None, image: str | Path | None = None, *, k: int = 10,
+           model: Any = None, rerank: Any = None, depth: int = 50, gallery: str | Path | None = None,
+           allow_model_mismatch: bool = False) -> SearchHits:
+    """Search a collection made by ``index_folder`` by text and/or image.
+
+    Args:
+        model: override the model recorded in the index (name/folder or a loaded encoder).
+        rerank: a cross-encoder (name/folder or loaded) reranking the top ``depth`` candidates.
+        gallery: also save the hits as a PNG contact sheet there.
+        allow_model_mismatch: search although the model's weights differ from those the index was built with.
+    """
+    if text is not None and not text.strip():
+        raise InvalidInputError("the query is empty; give some text or --image.")
+    if text is None and image is None:
+        raise InvalidInputError("give a text query or --image PATH.")
+    if k < 1:
+        raise InvalidInputError(f"-k must be >= 1; got {k}.")
+    collection = open_collection(index_dir)
+    if isinstance(rerank, (str, Path)):
+        from ..models.cross import load_reranker
+
+        rerank = load_reranker(str(rerank))
+    retriever = collection.retriever(model=model, reranker=rerank, depth=depth,
+                                     allow_model_mismatch=allow_model_mismatch)
+    result = retriever.search(text=text, image=image, k=k)
+    paths = [str(collection.image_path(i)) for i in result.ids]
+    if gallery is not None:
+        from ..visualize import save_gallery
+
+        label = " + ".join(x for x in (text and f"'{text}'", image and f"image {Path(image).name}") if x)
+        gallery = save_gallery([(label, paths, result.scores)], gallery)
+    tuning = getattr(collection.index, "tuning", None)
+    settings = f"{collection.index.kind}: {tuning.describe()}" if tuning is not None else None
+    return SearchHits(result, paths, Path(gallery) if gallery is not None else None, settings)
