@@ -17,25 +17,24 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "xmodal"
 
 # package (first name below xmodal; a plain module counts as its own package) -> rank
 RANKS: dict[str, int] = {
-    # the error types: imported by everything, import nothing
-    "errors": -1,
-    # foundations: no xmodal imports except errors
-    "io": 0, "runtime": 0,
+    # foundations
+    "errors": 0,
+    "io": 1, "runtime": 1,  # atomic writes and locks; device/dtype resolution
     # readers of inputs and shared math kernels
-    "data": 1, "ops": 1,
+    "data": 2, "ops": 2,
     # building blocks: encoders, vector indexes, training losses (independent of one another)
-    "models": 2, "indexes": 2, "losses": 2,
+    "models": 3, "indexes": 3, "losses": 3,
     # stages built from the blocks
-    "retrieve": 3, "evaluation": 3, "distributed": 3, "visualize": 3,
-    "collection": 4, "train": 4,
+    "retrieve": 4, "evaluation": 4, "distributed": 4, "visualize": 4,
+    "collection": 5, "train": 5,
     # applications of the stages
-    "server": 5, "demo": 5,
+    "server": 6, "demo": 6,
     # one function per command
-    "pipelines": 6,
+    "pipelines": 7,
     # the command line: parse arguments, call one pipelines function
-    "cli": 7,
+    "cli": 8,
     # the public API (xmodal/__init__.py) and `python -m xmodal`
-    "__init__": 8, "__main__": 8,
+    "__init__": 9, "__main__": 9,
 }
 
 # What the command line may import from xmodal: pipelines and errors, nothing else (issue #18).
