@@ -28,9 +28,7 @@ def evaluate(
 
     run = run_evaluate(dataset, model, images=images, split=split, rerank=rerank, depth=depth, compare=compare,
                        batch_size=batch_size, out=out, muge_predictions=muge_out, tr_predictions=tr_out,
-                       features=features)
-    typer.echo(run.header())
-    typer.echo(run.table())
+                       features=features, echo=typer.echo)
     for direction, path in run.predictions.items():
         typer.echo(f"{direction} predictions written to {path}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidInputError
 
@@ -45,7 +45,7 @@ def evaluate(dataset: str, model: Any = None, *, images: str | Path | None = Non
              rerank: Any = None, depth: int = 20, compare: bool = False, batch_size: int = 64,
              out: str | Path | None = None, muge_predictions: str | Path | None = None,
              tr_predictions: str | Path | None = None, features: str | Path | None = None,
-             show_progress: bool = True) -> EvaluationRun:
+             show_progress: bool = True, echo: Callable[[str], Any] | None = None) -> EvaluationRun:
     """Retrieval recalls of a model (optionally reranked) on ``dataset`` (``FORMAT:PATH``, see ``load_dataset``).
 
     Args:
@@ -57,6 +57,8 @@ def evaluate(dataset: str, model: Any = None, *, images: str | Path | None = Non
         tr_predictions: write top-10 image->text predictions (``{image_id, text_ids}``, Chinese-CLIP's
             evaluation_tr.py) there; needs ``model``.
         features: a region-feature store for region-feature models.
+        echo: called with the header line and the metrics table as soon as they are known (before any
+            prediction file is written, so a refused prediction file does not hide the metrics).
     """
     from ..data.datasets import load_dataset
     from ..evaluation import RetrievalEvaluator
@@ -85,6 +87,9 @@ def evaluate(dataset: str, model: Any = None, *, images: str | Path | None = Non
         run.results[f"retrieve+rerank@{depth}"] = ev(encoder, reranker=reranker, depth=depth)
     if reranker is not None and (encoder is None or compare):
         run.results["rerank-all"] = ev(None, reranker=reranker)
+    if echo is not None:
+        echo(run.header())
+        echo(run.table())
     if out:
         from ..evaluation import write_metrics
 
