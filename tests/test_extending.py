@@ -1,5 +1,6 @@
-"""Extending xmodal from outside: a toy index engine defined in this test, registered with one line,
-then index -> search through the public API (``xmodal.index_folder``, ``xmodal.search``, ``load_index``)."""
+"""Extending xmodal from outside: a toy model kind and a toy index engine defined in this test, each
+registered with one line, then index -> search through the public API (``xmodal.index_folder``,
+``xmodal.search``, ``xmodal.load_index``, ``xmodal.load_model``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,50 @@ import pytest
 import xmodal
 from xmodal.indexes.manifest import Manifest, check_compatible, read_manifest, write_manifest
 from xmodal.indexes.registry import ENGINES, EngineSpec, register, unregister
+from xmodal.models.registry import KINDS, ModelConfig, read_config, register_kind, write_config
+
+
+class ColourEncoder:
+    """A toy single-vector model: an image is its mean colour, a text is the colour it names (PIL colour names)."""
+
+    def __init__(self, model_id: str = "toy/colour") -> None:
+        self.model_id = model_id
+
+    @property
+    def embedding_dim(self) -> int:
+        return 3
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, dtype=None, **kw):
+        return cls(read_config(name_or_path).model_id)
+
+    def save(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_config(folder, ModelConfig(kind=self.kind, model_id=self.model_id))
+
+    def load_image(self, source):
+        from PIL import Image
+
+        return Image.open(source).convert("RGB")
+
+    @staticmethod
+    def _unit(rgb) -> np.ndarray:
+        v = np.asarray(rgb, dtype=np.float32) / 255.0 - 0.5
+        return v / max(float(np.linalg.norm(v)), 1e-6)
+
+    def encode_image(self, images, batch_size=32, show_progress=None, convert_to="numpy"):
+        return np.stack([self._unit(np.asarray(im.convert("RGB")).reshape(-1, 3).mean(0)) for im in images])
+
+    def encode_text(self, texts, batch_size=32, show_progress=None, convert_to="numpy"):
+        from PIL import ImageColor
+
+        return np.stack([self._unit(ImageColor.getrgb(t.split()[-1])) for t in texts])
+
+    def text_embeddings(self, batch):  # training entry points: not used here
+        raise NotImplementedError
+
+    def image_embeddings(self, batch):
+        raise NotImplementedError
 
 
 class ToyIndex:
@@ -80,6 +125,15 @@ class ToyIndex:
 
 
 @pytest.fixture
+def toy_model(tmp_path):
+    register_kind("toy-colour")(ColourEncoder)  # the one registration line (a decorator in a module)
+    folder = tmp_path / "toy-model"
+    ColourEncoder().save(folder)
+    yield folder
+    KINDS.pop("toy-colour", None)
+
+
+@pytest.fixture
 def toy_engine():
     register(EngineSpec("toy", ToyIndex))  # the one registration line
     yield ENGINES["toy"]
@@ -106,3 +160,15 @@ def test_toy_engine_is_refused_for_embedding_shards_and_unknown_engines_are_one_
     assert toy_engine.from_shards is None and toy_engine.role == "single-vector"
     with pytest.raises(InvalidInputError, match="unknown index engine 'nope'; available: .*toy"):
         get_engine("nope")
+
+
+def test_toy_model_kind_and_toy_engine_index_then_search(toy_model, toy_engine, image_folder, tmp_path):
+    """Both extension points at once: the model class comes from the model's own xmodal.json, the index from the engine table."""
+    assert isinstance(xmodal.load_model(toy_model), ColourEncoder)
+    out = tmp_path / "idx"
+    report = xmodal.index_folder(image_folder, out, str(toy_model), engine="toy", show_progress=False)
+    assert report.added == 12 and isinstance(xmodal.load_index(out), ToyIndex)
+    for name in ("img_00_red.png", "img_03_yellow.png", "sub/img_11_cyan.png"):
+        assert xmodal.search(out, image=image_folder / name, k=1).result.ids == [name]
+    hits = xmodal.search(out, "a blue", k=12)  # a text query through the toy model's encode_text
+    assert len(hits.result.ids) == 12 and hits.result.ids[0] == "img_02_blue.png"
