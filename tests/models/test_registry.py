@@ -132,6 +132,11 @@ def test_roles_of_the_built_in_kinds(tiny_model, tmp_path):
     assert isinstance(joint, SingleVectorEncoder) and isinstance(joint, PairScorer)
 
 
+def test_a_multi_vector_model_asked_for_single_vectors_says_which_index_to_use(saved_kinds):
+    with pytest.raises(ModelNotFoundError, match="not a single-vector encoder.*multi-vector \\(late-interaction\\) index"):
+        load_model(saved_kinds["late"], role="single-vector")
+
+
 def test_load_model_refuses_a_model_of_the_wrong_role_before_loading(tiny_model_dir):
     with pytest.raises(ModelNotFoundError, match="'dual' model, not a pair scorer"):
         load_reranker(tiny_model_dir)

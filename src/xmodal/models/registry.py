@@ -196,7 +196,9 @@ def load_model(name_or_path: str | Path, role: type | str | None = None, device:
         kind = "late"  # LateInteractionEncoder.from_pretrained wraps a dual folder/name explicitly
     cls = model_class(kind)
     if role is not None and not _class_may_play(cls, role):  # refuse before reading any weights
-        raise ModelNotFoundError(f"'{name_or_path}' holds a '{kind}' model, not a {ROLE_NAMES[role]}.")
+        hint = (" It gives several vectors per item: use it with a multi-vector (late-interaction) index."
+                if _class_may_play(cls, MultiVectorEncoder) else "")
+        raise ModelNotFoundError(f"'{name_or_path}' holds a '{kind}' model, not a {ROLE_NAMES[role]}.{hint}")
     model = cls.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
     if role is not None and not isinstance(model, role):
         raise ModelNotFoundError(f"'{name_or_path}' holds a '{kind}' model, not a {ROLE_NAMES[role]}.")
