@@ -73,3 +73,17 @@ def test_damaged_ids_file_is_a_corrupt_index_error(tmp_path):
         writer.write_table(table)
     with pytest.raises(CorruptIndexError, match="wrong structure"):
         FaissIndex.load(tmp_path / "idx", verify=False)
+
+
+def test_non_utf8_ids_survive_save_and_load(tmp_path):
+    """Issue 19 item 5: an id from a non-UTF-8 file name ('caf\\udce9.png') must round-trip through ids.arrow."""
+    odd = "caf\udce9.png"
+    index = FaissIndex(8)
+    index.add([odd, "plain.png"], unit(2))
+    index.save(tmp_path / "idx")
+    back = FaissIndex.load(tmp_path / "idx")
+    _, ids = back.search(unit(2), 1)
+    assert ids[:, 0].tolist() == [odd, "plain.png"] and back.ids() == [odd, "plain.png"] and odd in back
+    back.add(["more.png"], unit(1, seed=3))
+    back.save(tmp_path / "idx")
+    assert FaissIndex.load(tmp_path / "idx").ids() == [odd, "plain.png", "more.png"]

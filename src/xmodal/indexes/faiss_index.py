@@ -110,7 +110,7 @@ class FaissIndex:
     @property
     def _ids(self) -> list[str | None]:
         if self._ids_list is None:
-            self._ids_list = self._table.column("id").to_pylist()
+            self._ids_list = _id_strings(self._table.column("id"))
         return self._ids_list
 
     @property
@@ -133,7 +133,7 @@ class FaissIndex:
 
             flat = labels.ravel()
             col = self._table.column("id").take(pa.array(np.where(flat < 0, 0, flat)))
-            out = np.array(col.to_pylist(), dtype=object)
+            out = np.array(_id_strings(col), dtype=object)
             out[flat < 0] = None
             return out.reshape(labels.shape)
         return self._lookup()[labels]
@@ -517,7 +517,7 @@ class FaissIndex:
                 table = self._table  # untouched since loading: write the columns back as they are
             else:
                 meta = self._meta
-                table = pa.table({"id": pa.array(self._ids, type=pa.large_string()),
+                table = pa.table({"id": _id_column(self._ids),
                                   "meta": pa.array([json.dumps(meta[i]) if i in meta else None for i in self._ids],
                                                    type=pa.large_string())})
             with pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -611,6 +611,27 @@ def _smallest_meeting(grid: Sequence[int], recall_of: Callable[[int], float], ta
         if rec >= target:
             return {name: int(value)}, rec
     return {name: int(grid[-1])}, rec
+
+
+def _id_column(ids: list[str | None]) -> Any:
+    """Ids as an Arrow column: strings, or (when a non-UTF-8 file name made an id with surrogate escapes,
+    which Arrow strings cannot hold) the ids' original bytes; ``_id_strings`` reads both back exactly."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(ids, type=pa.large_string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        return pa.array([None if i is None else i.encode("utf-8", "surrogateescape") for i in ids],
+                        type=pa.large_binary())
+
+
+def _id_strings(col: Any) -> list[str | None]:
+    import pyarrow as pa
+
+    values = col.to_pylist()
+    if pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type):
+        return [None if v is None else v.decode("utf-8", "surrogateescape") for v in values]
+    return values
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
