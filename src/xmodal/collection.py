@@ -317,8 +317,13 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
                 good = [(rel, img) for rel, img in loaded if not isinstance(img, Exception)]
                 report.failed += [(rel, str(img)) for rel, img in loaded if isinstance(img, Exception)]
                 if good:
-                    vecs.append(np.asarray(model.encode_image([img for _, img in good], batch_size=batch_size,
-                                                              show_progress=False)))
+                    enc = model.encode_image([img for _, img in good], batch_size=batch_size, show_progress=False)
+                    if isinstance(enc, list) and len({len(v) for v in enc}) > 1:  # ColQwen2: vectors per page vary
+                        raise InvalidInputError(
+                            f"{getattr(model, 'model_id', 'this model')} gives a different number of vectors per image "
+                            "(pages of different sizes); folder indexes need one count per image. Use "
+                            "xmodal.index_collection(model, pages, path) in Python, or pages of one size.")
+                    vecs.append(np.asarray(enc))
                     ids += [rel for rel, _ in good]
                 del loaded, good
                 bar.update(len(batches[n]))

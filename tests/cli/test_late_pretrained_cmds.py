@@ -108,3 +108,15 @@ def test_late_model_needs_the_late_engine_and_unknown_layouts_fail_in_one_line(p
     r = run("index", str(pages), "--engine", "late-interaction", "--model", str(odd), "--out", str(tmp_path / "b"), "-q")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr
+
+
+def test_colqwen2_pages_of_different_sizes_are_refused_in_one_line(tmp_path):
+    from xmodal.models.tiny_late import build_tiny_colqwen2
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i, size in enumerate([(56, 84), (112, 56)]):
+        Image.new("RGB", size, (90 * i, 0, 0)).save(pages / f"p{i}.png")
+    model = build_tiny_colqwen2(tmp_path / "m")
+    r = run("index", str(pages), "--engine", "late-interaction", "--model", str(model), "--out", str(tmp_path / "i"), "-q")
+    assert r.returncode == 2 and "different number of vectors" in r.stderr and "Traceback" not in r.stderr
