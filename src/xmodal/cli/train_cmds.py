@@ -53,7 +53,7 @@ def train(
     text_model: Optional[str] = typer.Option(None, "--text-model", help="Compose a new dual encoder: a transformers text "
                                              "encoder folder (e.g. a sentence-transformers all-MiniLM-L6-v2 folder)."),
     vision_model: Optional[str] = typer.Option(None, "--vision-model", help="...with this vision tower: timm:NAME[@pretrained], "
-                                               "torchvision:NAME, open_clip:ARCH[/TAG] or a transformers vision folder."),
+                                               "torchvision:NAME, open_clip:ARCH\\[/TAG] or a transformers vision folder."),
     embed_dim: int = typer.Option(256, help="Composed models: size of the shared embedding space."),
     image_size: int = typer.Option(224, help="Composed models: input image size (must suit the vision tower)."),
     pooling: str = typer.Option("auto", help="Composed models: text pooling auto | mean | cls | max."),
