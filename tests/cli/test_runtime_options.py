@@ -38,17 +38,17 @@ def test_every_model_verb_takes_the_options(verb):
 @pytest.fixture()
 def placed(monkeypatch):
     """Records the device/dtype of every model xmodal places."""
-    import xmodal.models.dual as dual
+    import xmodal.runtime as runtime
 
     seen = []
-    original = dual.place_model
+    original = runtime.place_model
 
     def spy(model, device=None, dtype=None):
         out = original(model, device, dtype)
         seen.append((next(out.parameters()).device.type, next(out.parameters()).dtype, torch.get_num_threads()))
         return out
 
-    monkeypatch.setattr(dual, "place_model", spy)
+    monkeypatch.setattr(runtime, "place_model", spy)
     return seen
 
 
@@ -60,12 +60,11 @@ def test_dtype_and_threads_reach_the_model(tiny_model_dir, image_folder, tmp_pat
                 "--dtype", "float16", "--threads", "1")
         assert r.returncode == 0, r.stderr
         assert placed[-1] == ("cpu", torch.float16, 1)
-        # (the index's weight fingerprint is dtype-specific, so another precision must say it accepts that)
-        r = run("search", idx, "a red circle", "-k", "2", "--dtype", "bfloat16", "--threads", "2",
-                "--allow-model-mismatch")
+        # the same checkpoint in another precision is the same model: no --allow-model-mismatch needed
+        r = run("search", idx, "a red circle", "-k", "2", "--dtype", "bfloat16", "--threads", "2")
         assert r.returncode == 0, r.stderr
         assert placed[-1] == ("cpu", torch.bfloat16, 2)
-        r = run("search", idx, "a red circle", "-k", "2", "--allow-model-mismatch")  # default: the weights' own dtype
+        r = run("search", idx, "a red circle", "-k", "2")  # default: the weights' own dtype
         assert r.returncode == 0 and placed[-1][1] == torch.float32
     finally:
         torch.set_num_threads(before)

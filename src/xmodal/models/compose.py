@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InvalidInputError, ModelNotFoundError
-from ..runtime import place_model
+from .fingerprint import place_weights
 from .backbones import Backbone
 from .dual import DualEncoder
 from .loading import BACKEND_LOADERS
@@ -380,7 +380,7 @@ class ComposedEncoder(DualEncoder):
             found = "no xmodal.json" if config is None else f"kind '{config.kind}'"
             raise ModelNotFoundError(f"'{folder}' is not a saved composed model ({found}).")
         model = cls(load_composed_backbone(folder, name=config.model_id), model_id=config.model_id)
-        return place_model(model, device, dtype)
+        return place_weights(model, device, dtype)
 
 
 def parse_compose_spec(spec: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import open_image
 from ..errors import InvalidInputError, ModelNotFoundError
-from ..runtime import place_model
+from .fingerprint import place_weights
 from .registry import ModelConfig, load_model, register_kind, write_config
 from .roles import PairScorer
 
@@ -104,7 +104,7 @@ class CrossEncoder(BatchedPairScorer):
                 f"could not load cross-encoder '{name}': looked in {where} ({str(e).splitlines()[0][:200]}). "
                 "Download a BLIP ITM model (e.g. Salesforce/blip-itm-base-coco) on a connected machine and pass its folder."
             ) from e
-        return place_model(cls(model, tokenizer, processor, name), device, dtype)
+        return place_weights(cls(model, tokenizer, processor, name), device, dtype)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

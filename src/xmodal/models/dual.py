@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from ..runtime import place_model
+from .fingerprint import place_weights
 from .base import BackboneModel, as_texts
 from .loading import load_backbone
 from .registry import read_config, register_kind
@@ -40,7 +40,7 @@ class DualEncoder(BackboneModel):
         backbone = load_backbone(name_or_path)
         config = read_config(name_or_path)
         model = cls(backbone, model_id=(config.model_id if config else None) or backbone.name)
-        return place_model(model, device, dtype)
+        return place_weights(model, device, dtype)
 
     @property
     def embedding_dim(self) -> int:

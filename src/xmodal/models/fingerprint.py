@@ -16,6 +16,8 @@ import json
 from typing import Any
 
 SAMPLE = 4096  # elements hashed exactly per tensor
+_SLICE = 1 << 24  # elements widened to float32 at a time
+_REMEMBERED = "_xmodal_weights_fingerprint"  # (fingerprint, stamp) set by place_weights
 
 
 def _int_types() -> dict[int, Any]:
@@ -54,6 +56,9 @@ def weights_fingerprint(model: Any) -> str | None:
     """``"sha256:<hex>"`` over the model's config and state dict, or None for objects without weights."""
     import torch
 
+    remembered = getattr(model, _REMEMBERED, None)
+    if remembered is not None and remembered[1] == _stamp(model):
+        return remembered[0]
     state_dict = getattr(model, "state_dict", None)
     if not callable(state_dict):
         inner = getattr(model, "model", None)  # wrappers (e.g. a counting encoder in tests)
@@ -67,17 +72,54 @@ def weights_fingerprint(model: Any) -> str | None:
             if not isinstance(t, torch.Tensor):
                 continue
             flat = t.detach().reshape(-1)
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            # Floating weights are hashed by value in float32 (exact for float16/bfloat16), so the same values
+            # held in another precision or on another device give the same fingerprint.
+            kind = "float" if flat.is_floating_point() else str(t.dtype)
+            h.update(f"{name}|{tuple(t.shape)}|{kind}|".encode())
             if flat.numel() == 0:
                 continue
             # Exact and order-independent: the tensor's bits read as integers, summed (integer addition does
             # not depend on thread count or summation order, unlike a float sum). Any single changed element
-            # changes it; no float copy of the tensor is made.
-            ints = flat.contiguous().view(_INT_OF_SIZE.get(flat.element_size(), torch.uint8))
-            h.update(f"{int(ints.sum())}|".encode())
+            # changes it; low-precision tensors are widened in slices, so no full float32 copy is made.
+            total = 0
+            for start in range(0, flat.numel(), _SLICE):
+                part = flat[start:start + _SLICE]
+                if part.is_floating_point() and part.dtype != torch.float32 and part.element_size() < 4:
+                    part = part.to(torch.float32)
+                ints = part.contiguous().view(_INT_OF_SIZE.get(part.element_size(), torch.uint8))
+                total += int(ints.sum())
+            h.update(f"{total}|".encode())
             step = max(1, flat.numel() // SAMPLE)
             sample = flat[::step][:SAMPLE].to("cpu")
-            if sample.dtype == torch.bfloat16:
+            if sample.is_floating_point() and sample.element_size() < 4:
                 sample = sample.to(torch.float32)
             h.update(sample.contiguous().numpy().tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def _stamp(model: Any) -> tuple:
+    """Which tensors the model holds and how often each was changed in place (torch's version counters)."""
+    state_dict = getattr(model, "state_dict", None)
+    if not callable(state_dict):
+        return ()
+    return tuple((name, t.data_ptr(), t._version) for name, t in state_dict().items() if hasattr(t, "_version"))
+
+
+def place_weights(model: Any, device: Any = None, dtype: Any = None) -> Any:
+    """``runtime.place_model`` that keeps the fingerprint of the weights as loaded.
+
+    Casting to a narrower precision (float32 weights loaded as float16 for a GPU) changes the values, so an
+    index built in one precision would refuse the same checkpoint loaded in another. The fingerprint is taken
+    before such a cast and remembered with a stamp of the placed tensors; training the model afterwards (any
+    in-place change) invalidates it, and ``weights_fingerprint`` then hashes the current weights again.
+    """
+    from ..runtime import place_model, resolve_device, resolve_dtype
+
+    target = resolve_dtype(dtype, resolve_device(device))
+    current = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    narrowing = target is not None and current is not None and target != current and target.itemsize < current.itemsize
+    fingerprint = weights_fingerprint(model) if narrowing else None
+    model = place_model(model, device, dtype)
+    if fingerprint is not None:
+        setattr(model, _REMEMBERED, (fingerprint, _stamp(model)))
+    return model

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import ModelNotFoundError
 from .colpali import model_id_for
+from .fingerprint import place_weights
 from .multivector import MultiVectorEncoderMixin, ragged, read_checkpoint_config, resolve
 from .registry import register_kind
 from .seeding import local_rng
@@ -333,12 +334,11 @@ class FLMREncoder(MultiVectorEncoderMixin, nn.Module):
         text_cfg = cfg.get("text_config") or {}
         qmax = int(qtok.init_kwargs.get("query_maxlen") or text_cfg.get("query_maxlen") or 32)
         dmax = int(ctok.init_kwargs.get("doc_maxlen") or 512)
-        dev, want = resolve(device, dtype)
-        model.eval()
-        model.to(device=dev, dtype=want)
-        return cls(model, qtok, ctok, _image_processor(src, cfg.get("vision_config") or {}), model_id_for(name_or_path),
-                   query_maxlen=qmax, doc_maxlen=dmax,
-                   attend_to_mask_tokens=bool(qtok.init_kwargs.get("attend_to_mask_tokens", False)))
+        resolve(device, dtype)  # refuse a bad device/dtype in one line before building the encoder
+        encoder = cls(model, qtok, ctok, _image_processor(src, cfg.get("vision_config") or {}), model_id_for(name_or_path),
+                      query_maxlen=qmax, doc_maxlen=dmax,
+                      attend_to_mask_tokens=bool(qtok.init_kwargs.get("attend_to_mask_tokens", False)))
+        return place_weights(encoder, device, dtype)  # fingerprint of the published weights survives a cast
 
     # ------------------------------------------------------------------ tokenization (ColBERT markers)
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError
-from ..runtime import place_model
+from .fingerprint import place_weights
 from .backbones import Backbone
 from .cross import BatchedPairScorer
 from .dual import DualEncoder
@@ -87,7 +87,7 @@ class JointModel(DualEncoder, BatchedPairScorer):
         with local_rng():  # random init, overwritten by the saved weights
             head = FusionHead(**config.extra["head"])
         load_model(head, str(folder / HEAD_WEIGHTS))
-        return place_model(cls(load_backbone(folder), head, model_id=config.model_id), device, dtype)
+        return place_weights(cls(load_backbone(folder), head, model_id=config.model_id), device, dtype)
 
     def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_model

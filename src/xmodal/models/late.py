@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError
-from ..runtime import place_model
+from .fingerprint import place_weights
 from .backbones import Backbone
 from .base import BackboneModel
 from .dual import DualEncoder
@@ -80,7 +80,7 @@ class LateInteractionEncoder(BackboneModel, MultiVectorEncoderMixin):
             load_model(model, str(Path(str(name_or_path)) / PROJECTION_WEIGHTS), strict=False)
         else:
             model = cls.from_dual(DualEncoder.from_pretrained(name_or_path, device="cpu"), dim=dim)
-        return place_model(model, device, dtype)
+        return place_weights(model, device, dtype)
 
     def _save_extra(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
