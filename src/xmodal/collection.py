@@ -395,11 +395,11 @@ class Collection:
         return path
 
     def load_model(self, model: str | None = None, device: str | None = None,
-                   allow_model_mismatch: bool = False) -> Any:
+                   allow_model_mismatch: bool = False, dtype: Any = None) -> Any:
         name = model or self.model_name
         if not name:
             raise XmodalError(f"the index at '{self.folder}' does not record its model; pass --model.")
-        encoder = load_encoder(name, self.engine, device=device)
+        encoder = load_encoder(name, self.engine, device=device, dtype=dtype)
         self.check_model(encoder, allow_model_mismatch)
         return encoder
 
@@ -413,18 +413,19 @@ class Collection:
             check_fingerprint(manifest, self.folder, weights_fingerprint(encoder), allow_model_mismatch)
 
     def retriever(self, model: Any = None, reranker: Any = None, depth: int = 50,
-                  allow_model_mismatch: bool = False) -> Any:
+                  allow_model_mismatch: bool = False, device: Any = None, dtype: Any = None) -> Any:
         from .retrieve.retriever import Retriever
 
         if model is not None and not isinstance(model, str):
             encoder = model
             self.check_model(encoder, allow_model_mismatch)
-        else:
-            encoder = self.load_model(model, allow_model_mismatch=allow_model_mismatch)
-        return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=lambda i: self.image_path(i))
+        else:  # loaded straight onto device/dtype (the fingerprint of the weights as loaded is kept)
+            encoder = self.load_model(model, device=device, dtype=dtype, allow_model_mismatch=allow_model_mismatch)
+        return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=lambda i: self.image_path(i),
+                         device=device, dtype=dtype)
 
 
-def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None) -> Any:
+def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None, dtype: Any = None) -> Any:
     """The encoder an index engine needs: the model's own class, in the role (single/multi-vector) of the engine.
 
     The multi-vector engines alone keep their old convenience: a plain dual encoder given to them is
@@ -433,7 +434,7 @@ def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = N
     from .models import load_model
 
     role = get_engine(engine).role
-    return load_model(name, role=role, device=device, adapt_dual=role == "multi-vector")
+    return load_model(name, role=role, device=device, dtype=dtype, adapt_dual=role == "multi-vector")
 
 
 def _contains(index: Any, item_id: str) -> bool:

@@ -124,6 +124,24 @@ def place_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
     return model.to(device=dev, dtype=resolve_dtype(dtype, dev))
 
 
+def move_model(model: Any, device: Any = None, dtype: Any = None) -> Any:
+    """Move an already-loaded model to ``device`` and/or cast it to ``dtype``; what is not given stays as it is.
+
+    For APIs that take a loaded model (``Retriever``, ``create_app``, ``Trainer``) plus ``device``/``dtype``:
+    unlike ``place_model``, ``device=None`` keeps the model where it is instead of choosing the default device.
+    """
+    if model is None or (device is None and dtype is None) or not hasattr(model, "to"):
+        return model
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    dev = resolve_device(device) if device is not None else (first.device if first is not None else None)
+    kwargs: dict[str, Any] = {} if device is None else {"device": dev}
+    wanted = resolve_dtype(dtype, dev) if dtype is not None else None
+    if wanted is not None:
+        kwargs["dtype"] = wanted
+    return model.to(**kwargs) if kwargs else model
+
+
 # ---------------------------------------------------------------------------------------------- CPU threads
 THREADS_ENV = "XMODAL_NUM_THREADS"
 

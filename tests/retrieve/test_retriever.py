@@ -162,3 +162,20 @@ def test_huge_k_is_clamped_to_the_index_and_k_must_be_an_int():
     for bad in (1.7, True, "3", 0):
         with pytest.raises(InvalidInputError, match="k must be a positive integer"):
             r.search(text="x", k=bad)
+
+
+def test_retriever_places_encoder_and_reranker(tiny_model_dir, tmp_path):
+    """Retriever(device=, dtype=) moves/casts the models it is given; None keeps them as they are (#14)."""
+    import torch
+
+    from xmodal import DualEncoder
+
+    enc = DualEncoder.from_pretrained(tiny_model_dir)
+    joint = build_tiny_joint(tmp_path / "joint")
+    index = FaissIndex(enc.embedding_dim, model_id=enc.model_id)
+    r = Retriever(enc, index, reranker=joint, dtype="bfloat16", device="cpu")
+    assert r.encoder.dtype == torch.bfloat16 and next(r.reranker.parameters()).dtype == torch.bfloat16
+    r = Retriever(enc, index)  # nothing asked: nothing changed
+    assert r.encoder.dtype == torch.bfloat16
+    with pytest.raises(InvalidInputError, match="cuda:7"):
+        Retriever(enc, index, device="cuda:7")

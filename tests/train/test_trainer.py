@@ -121,3 +121,19 @@ def test_ddp_two_processes_equal_one_process_with_same_global_batch(tmp_path, mi
         assert torch.allclose(one[k], r0[k], atol=1e-5), k  # and equal single-process training
     assert any(not torch.equal(one[k], fresh) for k, fresh in
                build_tiny_model("clip", None, extra_texts=all_caption_texts(generate(n_train=64, n_val=1, n_test=1, n_unseen=1, seed=0)), seed=0).state_dict().items())
+
+
+def test_trainer_takes_device_and_dtype(splits, tmp_path):
+    """device/dtype reach the Trainer like every other model API (#14): dtype is the autocast precision."""
+    from xmodal.errors import InvalidInputError
+
+    model = fresh_model(splits)
+    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=2, batch_size=8, checkpoint_every=100)
+    trainer = Trainer(model, InfoNCELoss(model), splits["train"], cfg, device="cpu", dtype="bfloat16")
+    assert trainer.device.type == "cpu" and trainer.autocast_dtype == torch.bfloat16 and cfg.amp == "bf16"
+    trainer.train(show_progress=False)
+    assert next(model.parameters()).dtype == torch.float32  # weights stay float32; only the compute is bf16
+    cfg32 = TrainConfig(output_dir=str(tmp_path / "b"), max_steps=1, batch_size=8)
+    assert Trainer(model, InfoNCELoss(model), splits["train"], cfg32, dtype="float32").autocast_dtype is None
+    with pytest.raises(InvalidInputError, match="cuda:7"):
+        Trainer(model, InfoNCELoss(model), splits["train"], cfg32, device="cuda:7")

@@ -29,10 +29,13 @@ class Retriever:
 
     def __init__(self, encoder: SingleVectorEncoder | MultiVectorEncoder, index: Any, reranker: PairScorer | None = None,
                  depth: int = 50,
-                 resolve: Any = None, root: str | None = None) -> None:
-        self.encoder = encoder
+                 resolve: Any = None, root: str | None = None, device: Any = None, dtype: Any = None) -> None:
+        # device/dtype: move/cast the given encoder and reranker (None keeps each where it is)
+        from ..runtime import move_model
+
+        self.encoder = move_model(encoder, device, dtype)
         self.index = index
-        self.reranker = reranker
+        self.reranker = move_model(reranker, device, dtype)
         self.depth = depth
         self.root = root
         self._resolve = resolve

@@ -61,7 +61,8 @@ def _item_id(request: Request, suffix: bytes = b"") -> str:
 
 def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None, max_k: int = 100, max_depth: int = 500,
                max_upload_bytes: int | None = None, max_text_chars: int = 1000, default_depth: int = 50,
-               limits: ServerLimits | None = None, allowed_hosts: Any = None) -> Any:
+               limits: ServerLimits | None = None, allowed_hosts: Any = None, device: Any = None,
+               dtype: Any = None) -> Any:
     """Build the app for an index folder made by ``xmodal index``.
 
     Args:
@@ -69,7 +70,13 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         reranker: a loaded reranker or a name/folder (``load_reranker``); enables ``rerank=true``.
         limits: per-request bounds (body sizes, images per request, decoded pixels, allowed hosts,
             header timeout); ``max_upload_bytes`` and ``allowed_hosts`` override single fields.
+        device, dtype: where and in which precision the encoder and reranker run (models given by name are
+            loaded there; loaded models are moved); None keeps the defaults / the model's own placement.
     """
+    if device is not None or dtype is not None:  # bad values fail here, before the server starts
+        from ..runtime import resolve_device, resolve_dtype
+
+        resolve_dtype(dtype, resolve_device(device))
     state: dict[str, Any] = {}
     lock = threading.Lock()
     limits = limits or ServerLimits()
@@ -96,8 +103,9 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         if isinstance(rr, (str, Path)):
             from ..models.cross import load_reranker
 
-            rr = load_reranker(rr)
-        state.update(collection=col, retriever=col.retriever(model=model, reranker=rr, depth=default_depth), reranker=rr)
+            rr = load_reranker(rr, device=device, dtype=dtype)
+        retriever = col.retriever(model=model, reranker=rr, depth=default_depth, device=device, dtype=dtype)
+        state.update(collection=col, retriever=retriever, reranker=retriever.reranker)
         folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
         yield
         state.clear()

@@ -124,8 +124,17 @@ class Trainer:
     def __init__(self, model: nn.Module, loss: nn.Module, train_data: ImageTextDataset, config: TrainConfig | None = None,
                  evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
                  save_model: Callable[[nn.Module, Path], Any] | None = None,
-                 hard_negatives: dict[int, list[str]] | None = None) -> None:
-        self.model, self.loss, self.config = model, loss, config or TrainConfig()
+                 hard_negatives: dict[int, list[str]] | None = None, device: Any = None, dtype: Any = None) -> None:
+        from ..runtime import move_model, resolve_dtype
+
+        # device: where to train (None: where the model is); dtype: the autocast precision, i.e. the same
+        # as config.amp (float16 -> fp16, bfloat16 -> bf16, float32 -> none); the weights stay float32.
+        model, loss = move_model(model, device, None), move_model(loss, device, None)
+        config = config or TrainConfig()
+        if dtype is not None:
+            wanted = resolve_dtype(dtype, next(model.parameters()).device)
+            config.amp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(wanted, "none")
+        self.model, self.loss, self.config = model, loss, config
         self.train_data, self.evaluator = train_data, evaluator
         self.save_model = save_model or (lambda m, p: m.save(p))
         self.out = Path(self.config.output_dir)
