@@ -23,7 +23,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import DatasetFormatError, InvalidInputError
 from .types import Caption, ImageTextDataset
@@ -87,25 +87,30 @@ def read_b64_tsv(path: str | Path) -> dict[str, bytes]:
     return images
 
 
-def detect_layout(path: str | Path) -> str:
-    """``muge`` or ``cnclip`` from the field names of the first record of a texts jsonl."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetFormatError(f"texts file not found: '{path}'.")
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of a jsonl file, blank lines skipped; bad JSON is one error naming file:line."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetFormatError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
-            for name, (qkey, tkey, _) in LAYOUTS.items():
-                if isinstance(rec, dict) and qkey in rec and tkey in rec:
-                    return name
-            fields = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-            raise DatasetFormatError(f"{path}:{n}: needs MUGE fields (query_id, query_text, item_ids) or Chinese-CLIP "
-                                     f"fields (text_id, text, image_ids); got {fields}.")
+
+
+def detect_layout(path: str | Path) -> str:
+    """``muge`` or ``cnclip`` from the field names of the first record of a texts jsonl."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"texts file not found: '{path}'.")
+    for n, rec in json_lines(path):
+        for name, (qkey, tkey, _) in LAYOUTS.items():
+            if isinstance(rec, dict) and qkey in rec and tkey in rec:
+                return name
+        fields = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise DatasetFormatError(f"{path}:{n}: needs MUGE fields (query_id, query_text, item_ids) or Chinese-CLIP "
+                                 f"fields (text_id, text, image_ids); got {fields}.")
     raise DatasetFormatError(f"{path}: no records.")
 
 

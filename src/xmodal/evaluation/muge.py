@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DatasetFormatError, InvalidInputError
+from ..data.chinese_clip import json_lines
 from ..io import atomic_write
 
 PRED_K = 10  # ids per query the official scorers require
@@ -62,17 +63,10 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DatasetFormatError(f"file not found: '{path}'.")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
-            if not isinstance(rec, dict):
-                raise DatasetFormatError(f"{path}:{n}: expected a JSON object.")
-            out.append((n, rec))
+    for n, rec in json_lines(path):
+        if not isinstance(rec, dict):
+            raise DatasetFormatError(f"{path}:{n}: expected a JSON object.")
+        out.append((n, rec))
     if not out:
         raise DatasetFormatError(f"{path}: no records.")
     return out
