@@ -1,24 +1,32 @@
 """The HTTP API and web page: ``create_app(index_dir)`` builds a FastAPI app; nothing loads at import.
 
-Endpoints: ``POST /search`` (JSON text query, or multipart with an image and/or text), ``GET /items/{id}``,
-``GET /items/{id}/image[?thumb=N]``, ``POST /embed`` (OpenAI-style embeddings), ``GET /health``, ``GET /info``,
-and the search page at ``/``. Model calls are serialised by a lock (the model is not thread-safe and a
-CPU has few cores to share); the index is read-only while serving.
+Endpoints (request/response schemas at ``/docs``): ``POST /search`` (JSON text query, or multipart with an
+image and/or text), ``GET /items/{id}``, ``GET /items/{id}/image[?thumb=N]``, ``POST /v1/embeddings``
+(OpenAI-compatible; ``/embed`` is an alias that also takes multipart images), ``GET /health``, ``GET /info``,
+and the search page at ``/``. Several indexes can be served at once: each under ``/indexes/{name}/...``
+(same routes); the plain routes use the first one.
+
+Model calls run on one worker thread per index that merges concurrent requests into one forward pass
+(``batching.ModelWorker``: ``max_batch`` requests, waiting at most ``max_wait_ms``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import re
-import threading
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -26,12 +34,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.ids import id_from_raw_path, is_utf8_text, url_quote_id
+from ..data.ids import id_from_raw_path, url_quote_id
 from ..errors import InvalidInputError, XmodalError
+from . import schemas as S
+from .batching import BatchedEncoder, BatchedScorer, ModelWorker
 from .limits import BodyTooLarge, RequestGuard, ServerLimits
+from .schemas import RequestError
 
 STATIC = Path(__file__).with_name("static")
 ALLOWED_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"}
+INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_NAME = "default"
 # Absolute paths in error messages (a client must not learn the server's file layout).
 _ABS_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(=]))/[^\s'\"]*/([^\s'\"/]*)")
 
@@ -55,37 +68,84 @@ def _item_id(request: Request, suffix: bytes = b"") -> str:
     """The item id from the raw URL path: the decoded path has lost undecodable bytes (as U+FFFD)."""
     raw = request.scope.get("raw_path") or request.url.path.encode()
     raw = raw.split(b"?", 1)[0]
+    if raw.startswith(b"/indexes/"):  # /indexes/{name}/items/{id}: skip the name (it may read "items")
+        raw = raw[raw.index(b"/", len(b"/indexes/")):]
     raw = raw[raw.index(b"/items/") + len(b"/items/"):]
     return id_from_raw_path(raw[:-len(suffix)] if suffix and raw.endswith(suffix) else raw)
 
 
-def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None, max_k: int = 100, max_depth: int = 500,
-               max_upload_bytes: int | None = None, max_text_chars: int = 1000, default_depth: int = 50,
-               limits: ServerLimits | None = None, allowed_hosts: Any = None, device: Any = None,
-               dtype: Any = None) -> Any:
-    """Build the app for an index folder made by ``xmodal index``.
+def index_folders(index_dir: str | Path | Mapping[str, str | Path]) -> dict[str, Path]:
+    """{name: folder}: one folder is served as 'default'; a mapping names each (the first is the default)."""
+    if isinstance(index_dir, Mapping):
+        folders = {str(k): Path(v) for k, v in index_dir.items()}
+        if not folders:
+            raise InvalidInputError("give at least one index folder to serve.")
+    else:
+        folders = {DEFAULT_NAME: Path(index_dir)}
+    for name in folders:
+        if not INDEX_NAME.match(name):
+            raise InvalidInputError(f"index name '{name}' is not usable in a URL: use letters, digits, '_', '-', '.'.")
+    return folders
+
+
+@dataclass
+class Served:
+    """One index being served: its collection, retriever and the worker that runs its models."""
+
+    name: str
+    collection: Any
+    retriever: Any
+    worker: ModelWorker
+
+    @property
+    def encoder(self) -> Any:
+        return self.retriever.encoder
+
+    @property
+    def reranker(self) -> Any:
+        return self.retriever.reranker
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+
+def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any = None, reranker: Any = None,
+               max_k: int = 100, max_depth: int = 500, max_upload_bytes: int | None = None, max_text_chars: int = 1000,
+               default_depth: int = 50, limits: ServerLimits | None = None, allowed_hosts: Any = None,
+               device: Any = None, dtype: Any = None, max_batch: int = 32, max_wait_ms: float = 2.0) -> Any:
+    """Build the app for index folder(s) made by ``xmodal index``.
 
     Args:
-        model: a loaded encoder or a name; default: the model recorded in the index.
+        index_dir: one index folder (served as 'default'), or {name: folder} for several (the first is the
+            one the plain routes use; each is also under ``/indexes/{name}/``).
+        model: a loaded encoder or a name; default: the model recorded in each index.
         reranker: a loaded reranker or a name/folder (``load_reranker``); enables ``rerank=true``.
         limits: per-request bounds (body sizes, images per request, decoded pixels, allowed hosts,
             header timeout); ``max_upload_bytes`` and ``allowed_hosts`` override single fields.
         device, dtype: where and in which precision the encoder and reranker run (models given by name are
             loaded there; loaded models are moved); None keeps the defaults / the model's own placement.
+        max_batch, max_wait_ms: dynamic batching: at most ``max_batch`` concurrent requests share one model
+            call, the first waiting at most ``max_wait_ms`` for others; ``max_batch=1`` turns it off.
     """
     if device is not None or dtype is not None:  # bad values fail here, before the server starts
         from ..runtime import resolve_device, resolve_dtype
 
         resolve_dtype(dtype, resolve_device(device))
-    state: dict[str, Any] = {}
-    lock = threading.Lock()
+    folders_by_name = index_folders(index_dir)
+    if max_batch < 1 or max_wait_ms < 0:
+        raise InvalidInputError(f"max_batch must be >= 1 and max_wait_ms >= 0; got {max_batch} and {max_wait_ms}.")
+    served: dict[str, Served] = {}
     limits = limits or ServerLimits()
     if max_upload_bytes is not None:
         limits.max_upload_bytes = max_upload_bytes
     if allowed_hosts is not None:
         limits.allowed_hosts = tuple(allowed_hosts)
     max_upload_bytes = limits.max_upload_bytes
-    folders: list[tuple[str, str]] = [(str(Path(index_dir).resolve()), "<index>"), (str(Path(index_dir)), "<index>")]
+    context = {"max_k": max_k, "max_depth": max_depth, "max_text_chars": max_text_chars}
+    folders: list[tuple[str, str]] = []
+    for folder in folders_by_name.values():
+        folders += [(str(folder.resolve()), "<index>"), (str(folder), "<index>")]
 
     def public(message: str) -> str:
         """An error message without absolute paths: the image root and index folder become relative."""
@@ -98,80 +158,93 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
     async def lifespan(app: FastAPI):
         from ..collection import open_collection
 
-        col = open_collection(index_dir)
         rr = reranker
         if isinstance(rr, (str, Path)):
             from ..models.cross import load_reranker
 
             rr = load_reranker(rr, device=device, dtype=dtype)
-        retriever = col.retriever(model=model, reranker=rr, depth=default_depth, device=device, dtype=dtype)
-        state.update(collection=col, retriever=retriever, reranker=retriever.reranker)
-        folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
-        yield
-        state.clear()
+        encoders: dict[str, Any] = {}  # indexes of one model share it (and its worker)
+        workers: dict[str, ModelWorker] = {}
+        try:
+            for name, folder in folders_by_name.items():
+                col = open_collection(folder)
+                key = str(model if isinstance(model, (str, type(None))) else id(model)) + "|" + str(col.model_name)
+                enc = encoders.get(key)
+                retriever = col.retriever(model=enc.wrapped if enc is not None else model, reranker=rr,
+                                          depth=default_depth, device=device, dtype=dtype)
+                if key not in workers:
+                    workers[key] = ModelWorker(max_batch, max_wait_ms, name=f"xmodal-model-{name}")
+                    encoders[key] = BatchedEncoder(retriever.encoder, workers[key])
+                retriever.encoder = encoders[key]
+                if retriever.reranker is not None:
+                    retriever.reranker = BatchedScorer(retriever.reranker, workers[key])
+                served[name] = Served(name, col, retriever, workers[key])
+                folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
+            yield
+        finally:
+            for w in workers.values():
+                w.close()
+            served.clear()
 
-    app = FastAPI(title="xmodal", description="Cross-modal search over an xmodal index.", lifespan=lifespan,
-                  default_response_class=SafeJSONResponse)
+    app = FastAPI(title="xmodal", description="Cross-modal search over xmodal indexes. Errors are "
+                  "{\"error\": message} with a 4xx status.", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.limits = limits
+    app.state.served = served
     app.add_middleware(RequestGuard, limits=limits)
 
-    class HTTPError(Exception):
-        def __init__(self, status: int, message: str) -> None:
-            self.status, self.message = status, message
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+            app.openapi_schema = S.add_components(schema)
+        return app.openapi_schema
 
-    def error(status: int, message: str) -> JSONResponse:
-        return SafeJSONResponse({"error": public(message)}, status_code=status)
+    app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.exception_handler(HTTPError)
-    async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-        return error(exc.status, exc.message)
+    def error(status: int, message: str, request: Request | None = None) -> JSONResponse:
+        message = public(message)
+        if request is not None and request.url.path.startswith("/v1/"):  # the OpenAI error shape its clients read
+            kind = "invalid_request_error" if status != 401 else "authentication_error"
+            return SafeJSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+        return SafeJSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return error(exc.status, exc.message, request)
 
     @app.exception_handler(XmodalError)
     async def _xmodal_error(request: Request, exc: XmodalError) -> JSONResponse:
-        return error(400, str(exc))
+        return error(400, str(exc), request)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return error(413, str(exc))
+        return error(413, str(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        return error(422, f"invalid request: {msgs}")
+        return error(*S.describe(list(exc.errors()), skip=1), request)
 
-    def check_int(name: str, value: Any, lo: int, hi: int) -> int:
-        # JSON 1.7 or true must not become 1; form fields arrive as text and must be whole numbers
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
-                isinstance(value, str) and not value.strip().lstrip("+-").isdigit()):
-            raise HTTPError(422, f"{name} must be an integer (a whole number); got {value!r:.40}.")
-        v = int(value)
-        if not lo <= v <= hi:
-            raise HTTPError(422, f"{name} must be between {lo} and {hi}; got {v}.")
-        return v
-
-    def check_text(text: Any) -> str | None:
-        if text is None:
-            return None
-        if not isinstance(text, str):
-            raise HTTPError(422, "text must be a string.")
-        if not is_utf8_text(text):
-            raise HTTPError(400, "the text is not valid Unicode (it holds a lone surrogate such as \\ud800).")
-        if not text.strip():
-            raise HTTPError(422, "the text query is empty.")
-        if len(text) > max_text_chars:
-            raise HTTPError(413, f"the text query is longer than {max_text_chars} characters.")
-        return text
+    def index(name: str | None) -> Served:
+        if not served:
+            raise RequestError(503, "the server is starting; try again in a moment.")
+        if name is None:
+            return next(iter(served.values()))
+        if name not in served:
+            raise RequestError(404, f"no index named '{name}' is served here; served: {sorted(served)}.")
+        return served[name]
 
     async def read_upload(upload: Any) -> bytes:
         if upload.content_type not in ALLOWED_TYPES:
-            raise HTTPError(415, f"unsupported image type '{upload.content_type}'; use one of {sorted(ALLOWED_TYPES)}.")
+            raise RequestError(415, f"unsupported image type '{upload.content_type}'; use one of {sorted(ALLOWED_TYPES)}.")
         data = await upload.read(max_upload_bytes + 1)
+        return check_size(data)
+
+    def check_size(data: bytes) -> bytes:
         if len(data) > max_upload_bytes:
-            raise HTTPError(413, f"the image is larger than {max_upload_bytes // (1024 * 1024)} MB.")
+            raise RequestError(413, f"the image is larger than {max_upload_bytes // (1024 * 1024)} MB.")
         return data
 
     def decode(data: bytes, filename: Any) -> Image.Image:
@@ -181,9 +254,9 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         try:
             return open_image(data, max_pixels=limits.max_image_pixels, min_side=limits.image_min_side)
         except ImageTooLargeError as e:
-            raise HTTPError(413, f"the uploaded file '{filename}' is too large: {str(e).split(' is ', 1)[-1]}") from None
+            raise RequestError(413, f"the uploaded file '{filename}' is too large: {str(e).split(' is ', 1)[-1]}") from None
         except InvalidInputError:
-            raise HTTPError(400, f"the uploaded file '{filename}' is not a readable image.") from None
+            raise RequestError(400, f"the uploaded file '{filename}' is not a readable image.") from None
 
     async def read_image(upload: Any) -> Image.Image:
         data = await read_upload(upload)
@@ -193,69 +266,76 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         try:
             return await request.form(max_files=max_files, max_fields=16, max_part_size=64 * 1024)
         except StarletteHTTPException as e:
-            raise HTTPError(413 if "Too many" in str(e.detail) else 400, str(e.detail)) from None
+            raise RequestError(413 if "Too many" in str(e.detail) else 400, str(e.detail)) from None
 
-    def run_search(text: str | None, image: Image.Image | None, k: int, depth: int | None, rerank: bool) -> dict[str, Any]:
-        if text is None and image is None:
-            raise HTTPError(422, "give a text query, an image, or both.")
-        if rerank and state["reranker"] is None:
-            raise HTTPError(400, "reranking is not available: start the server with --rerank MODEL.")
+    async def read_json(request: Request, hint: str) -> Any:
+        try:
+            return await request.json()
+        except BodyTooLarge:
+            raise
+        except Exception:
+            raise RequestError(400, hint) from None
+
+    def run_search(srv: Served, req: S.SearchRequest, image: Image.Image | None) -> dict[str, Any]:
+        if req.text is None and image is None:
+            raise RequestError(422, "give a text query, an image, or both.")
+        if req.rerank and srv.reranker is None:
+            raise RequestError(400, "reranking is not available: start the server with --rerank MODEL.")
         t0 = time.perf_counter()
-        with lock:
-            res = state["retriever"].search(text=text, image=image, k=k, depth=depth, rerank=rerank)
+        res = srv.retriever.search(text=req.text, image=image, k=req.k, depth=req.depth, rerank=req.rerank)
         total = time.perf_counter() - t0
+        prefix = "" if srv is index(None) else f"/indexes/{srv.name}"
         return {
             "stage": res.stage,
-            "results": [{"id": i, "score": s, "url": f"/items/{url_quote_id(i)}/image",
-                         "thumbnail": f"/items/{url_quote_id(i)}/image?thumb=160"} for i, s in zip(res.ids, res.scores)],
+            "results": [{"id": i, "score": s, "url": f"{prefix}/items/{url_quote_id(i)}/image",
+                         "thumbnail": f"{prefix}/items/{url_quote_id(i)}/image?thumb=160"}
+                        for i, s in zip(res.ids, res.scores)],
             "ids": res.ids, "scores": res.scores,
             "timings": {**res.timings, "total": total},
         }
 
-    @app.post("/search")
-    async def search(request: Request) -> dict[str, Any]:
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
+    async def search(request: Request, name: str | None = None) -> dict[str, Any]:
+        srv = index(name)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await read_form(request, max_files=1)
             upload = form.get("image")
             image = await read_image(upload) if upload is not None and getattr(upload, "filename", None) else None
-            text = form.get("text") or None
-            params = form
+            fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+            if not fields.get("text"):
+                fields.pop("text", None)  # the page sends an empty text with an image
+            req = S.parse(S.SearchRequest, fields, **context)
         else:
-            try:
-                params = await request.json()
-            except BodyTooLarge:
-                raise
-            except Exception:
-                raise HTTPError(400, "send JSON ({\"text\": ...}) or multipart form data with an image.") from None
-            if not isinstance(params, dict):
-                raise HTTPError(400, "the JSON body must be an object.")
-            text, image = params.get("text"), None
-        text = check_text(text)
-        k = check_int("k", params.get("k", 10), 1, max_k)
-        depth = params.get("depth")
-        depth = check_int("depth", depth, 1, max_depth) if depth not in (None, "") else None
-        rerank = str(params.get("rerank", "false")).lower() in ("1", "true", "yes", "on")
-        # the model runs in a worker thread so the event loop keeps answering (health, images) meanwhile
-        return await run_in_threadpool(run_search, text, image, k, depth, rerank)
+            body = await read_json(request, "send JSON ({\"text\": ...}) or multipart form data with an image.")
+            req, image = S.parse(S.SearchRequest, body, **context), None
+        # the search runs in a worker thread so the event loop keeps answering (health, images) meanwhile
+        return await run_in_threadpool(run_search, srv, req, image)
 
-    def item_path(item_id: str) -> Path:
-        col = state["collection"]
+    search_doc = dict(response_model=None, responses={200: {"model": S.SearchResponse}, **S.ERRORS},
+                      openapi_extra=S.openapi_body(S.SearchRequest, S.SearchForm))
+    async def search_default(request: Request) -> dict[str, Any]:
+        return await search(request)
+
+    app.post("/search", summary="Search with a text and/or an image", **search_doc)(search_default)
+    app.post("/indexes/{name}/search", summary="Search one of the served indexes", **search_doc)(search)
+
+    def item_path(srv: Served, item_id: str) -> Path:
         try:
-            return col.image_path(item_id)
+            return srv.collection.image_path(item_id)
         except InvalidInputError as e:
             status = 404 if "unknown" in str(e) else 403
-            raise HTTPError(status, str(e)) from None
+            raise RequestError(status, str(e)) from None
 
-    @app.get("/items/{item_id:anypath}/image")
-    def item_image(request: Request, thumb: int | None = None) -> Any:
+    def item_image(request: Request, thumb: int | None = None, name: str | None = None) -> Any:
+        srv = index(name)
         item_id = _item_id(request, suffix=b"/image")
-        path = item_path(item_id)
+        path = item_path(srv, item_id)
         if not path.exists():
-            raise HTTPError(404, f"the file of item '{item_id}' is gone from disk.")
+            raise RequestError(404, f"the file of item '{item_id}' is gone from disk.")
         if thumb is None:
             return FileResponse(path)
-        size = check_int("thumb", thumb, 16, 1024)
+        if not 16 <= thumb <= 1024:
+            raise RequestError(422, f"thumb must be between 16 and 1024; got {thumb}.")
+        size = thumb
         from ..data.images import open_image
 
         img = open_image(path, max_pixels=limits.max_image_pixels, min_side=size)
@@ -264,72 +344,134 @@ def create_app(index_dir: str | Path, *, model: Any = None, reranker: Any = None
         img.save(buf, format="JPEG", quality=85)
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/items/{item_id:anypath}")
-    def item(request: Request) -> dict[str, Any]:
+    image_doc = dict(response_class=Response, responses={200: {"content": {"image/*": {}}}, **S.ERRORS})
+    def item_image_default(request: Request, thumb: int | None = None) -> Any:
+        return item_image(request, thumb)
+
+    app.get("/items/{item_id:anypath}/image", summary="An item's image (or a JPEG thumbnail)",
+            **image_doc)(item_image_default)
+    app.get("/indexes/{name}/items/{item_id:anypath}/image", summary="An item's image in a named index",
+            **image_doc)(item_image)
+
+    def item(request: Request, name: str | None = None) -> dict[str, Any]:
+        srv = index(name)
         item_id = _item_id(request)
-        item_path(item_id)
-        return {"id": item_id, "metadata": state["collection"].index.metadata(item_id),
-                "url": f"/items/{url_quote_id(item_id)}/image"}
+        item_path(srv, item_id)
+        prefix = "" if name is None else f"/indexes/{name}"
+        return {"id": item_id, "metadata": srv.collection.index.metadata(item_id),
+                "url": f"{prefix}/items/{url_quote_id(item_id)}/image"}
 
-    async def _locked(fn: Any, items: list) -> Any:
-        def call() -> Any:
-            with lock:
-                return fn(items, show_progress=False)
+    item_doc = dict(responses={200: {"model": S.ItemResponse}, **S.ERRORS})
+    def item_default(request: Request) -> dict[str, Any]:
+        return item(request)
 
-        return await run_in_threadpool(call)
+    app.get("/items/{item_id:anypath}", summary="An item's metadata", **item_doc)(item_default)
+    app.get("/indexes/{name}/items/{item_id:anypath}", summary="An item's metadata in a named index", **item_doc)(item)
 
-    @app.post("/embed")
+    def encoder_for(model_name: str | None) -> Served:
+        if model_name is None:
+            return index(None)
+        for srv in served.values():
+            if srv.model_id == model_name:
+                return srv
+        raise RequestError(404, f"model '{model_name}' is not served here; use one of "
+                                f"{sorted({s.model_id for s in served.values()})} (see /info).")
+
+    def b64_image(value: str, n: int) -> bytes:
+        if value.startswith("data:"):
+            head, _, value = value.partition(",")
+            if ";base64" not in head or not head[5:].startswith("image/"):
+                raise RequestError(415, f"input {n}: use a data:image/...;base64, URL or plain base64.")
+        try:
+            return check_size(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"input {n}: the image is not valid base64.") from None
+
+    async def embed_images(srv: Served, images: list[tuple[bytes, str]]) -> Any:
+        if len(images) > limits.max_images:
+            raise RequestError(413, f"at most {limits.max_images} images per request; got {len(images)}.")
+        decoded, held = [], 0
+        for data, label in images:  # one at a time, downscaled right after decoding: bounded decoded bytes
+            img = await run_in_threadpool(decode, data, label)
+            held += img.width * img.height * 3
+            if held > limits.max_decoded_bytes:
+                raise RequestError(413, f"the images of this request decode to more than "
+                                        f"{limits.max_decoded_bytes // (1024 * 1024)} MB; send fewer or smaller images.")
+            decoded.append(img)
+        return await run_in_threadpool(srv.encoder.encode_image, decoded)
+
+    def embedding_response(srv: Served, vecs: list[Any], fmt: str, tokens: int) -> dict[str, Any]:
+        import numpy as np
+
+        def out(v: Any) -> Any:
+            v = np.asarray(v, dtype="<f4")
+            return base64.b64encode(v.tobytes()).decode("ascii") if fmt == "base64" else v.tolist()
+
+        return {"object": "list", "model": srv.model_id,
+                "data": [{"object": "embedding", "index": i, "embedding": out(v)} for i, v in enumerate(vecs)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    async def embeddings(request: Request) -> dict[str, Any]:
+        body = await read_json(request, "send JSON {\"input\": text or [texts], \"model\": ...}.")
+        req = S.parse(S.EmbeddingRequest, body, **context)
+        srv = encoder_for(req.model)
+        if req.dimensions is not None and req.dimensions != srv.encoder.embedding_dim:
+            raise RequestError(422, f"dimensions: this model gives {srv.encoder.embedding_dim}-dimensional "
+                                    f"embeddings; it cannot give {req.dimensions}.")
+        items = [req.input] if isinstance(req.input, str) else list(req.input)
+        texts = [(i, t) for i, t in enumerate(items) if isinstance(t, str)]
+        images = [(i, t) for i, t in enumerate(items) if not isinstance(t, str)]
+        vecs: list[Any] = [None] * len(items)
+        if texts:
+            for (i, _), v in zip(texts, await run_in_threadpool(srv.encoder.encode_text, [t for _, t in texts])):
+                vecs[i] = v
+        if images:
+            enc = await embed_images(srv, [(b64_image(t.image, i), f"input {i}") for i, t in images])
+            for (i, _), v in zip(images, enc):
+                vecs[i] = v
+        tokens = sum(len(t.split()) for _, t in texts)  # words, not model tokens: the count is informational
+        return embedding_response(srv, vecs, req.encoding_format, tokens)
+
     async def embed(request: Request) -> dict[str, Any]:
-        ctype = request.headers.get("content-type", "")
-        encoder = state["retriever"].encoder
-        if ctype.startswith("multipart/form-data"):
-            form = await read_form(request, max_files=limits.max_images + 1)
-            uploads = form.getlist("image")
-            if not uploads:
-                raise HTTPError(422, "send one or more 'image' files.")
-            if len(uploads) > limits.max_images:
-                raise HTTPError(413, f"at most {limits.max_images} images per request; got {len(uploads)}.")
-            images, held = [], 0
-            for u in uploads:  # one at a time, downscaled right after decoding: bounded decoded bytes
-                img = await read_image(u)
-                held += img.width * img.height * 3
-                if held > limits.max_decoded_bytes:
-                    raise HTTPError(413, f"the images of this request decode to more than "
-                                         f"{limits.max_decoded_bytes // (1024 * 1024)} MB; send fewer or smaller images.")
-                images.append(img)
-            vecs = await _locked(encoder.encode_image, images)
-        else:
-            try:
-                body = await request.json()
-            except BodyTooLarge:
-                raise
-            except Exception:
-                raise HTTPError(400, "send JSON {\"input\": [texts]} or multipart images.") from None
-            inputs = body.get("input") if isinstance(body, dict) else None
-            if isinstance(inputs, str):
-                inputs = [inputs]
-            if not isinstance(inputs, list) or not inputs or len(inputs) > max_k:
-                raise HTTPError(422, f"'input' must be a text or a list of 1..{max_k} texts.")
-            for t in inputs:
-                check_text(t)
-            vecs = await _locked(encoder.encode_text, inputs)
-        return {"object": "list", "model": encoder.model_id,
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await embeddings(request)
+        srv = index(None)
+        form = await read_form(request, max_files=limits.max_images + 1)
+        uploads = form.getlist("image")
+        if not uploads:
+            raise RequestError(422, "send one or more 'image' files.")
+        if len(uploads) > limits.max_images:
+            raise RequestError(413, f"at most {limits.max_images} images per request; got {len(uploads)}.")
+        images = [(await read_upload(u), u.filename) for u in uploads]
+        return embedding_response(srv, list(await embed_images(srv, images)), "float", 0)
 
-    @app.get("/health")
+    emb_doc = dict(responses={200: {"model": S.EmbeddingResponse}, **S.ERRORS})
+    app.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible; images via {\"image\": base64} inputs)",
+             openapi_extra=S.openapi_body(S.EmbeddingRequest), **emb_doc)(embeddings)
+    app.post("/embed", summary="Alias of /v1/embeddings that also takes multipart 'image' files",
+             openapi_extra=S.openapi_body(S.EmbeddingRequest, S.EmbedForm), **emb_doc)(embed)
+
+    @app.get("/health", responses={200: {"model": S.HealthResponse}})
     def health() -> dict[str, str]:
-        return {"status": "ok" if "collection" in state else "starting"}
+        return {"status": "ok" if served else "starting"}
 
-    @app.get("/info")
-    def info() -> dict[str, Any]:
-        col = state["collection"]
+    def info(name: str | None = None) -> dict[str, Any]:
+        srv = index(name)
+        col = srv.collection
         describe = getattr(col.index, "describe_search", None)  # ANN settings + measured recall, when known
-        return {"model": state["retriever"].encoder.model_id, "items": len(col), "engine": col.engine,
-                "dimension": state["retriever"].encoder.embedding_dim, "rerank": state["reranker"] is not None,
+        return {"model": srv.model_id, "items": len(col), "engine": col.engine,
+                "dimension": srv.encoder.embedding_dim, "rerank": srv.reranker is not None,
                 "max_k": max_k, "max_upload_bytes": max_upload_bytes, "max_images": limits.max_images,
-                "search": describe() if describe else None}
+                "search": describe() if describe else None, "indexes": list(served)}
 
-    @app.get("/")
+    info_doc = dict(responses={200: {"model": S.InfoResponse}, **S.ERRORS})
+    def info_default() -> dict[str, Any]:
+        return info()
+
+    app.get("/info", summary="The served model and index", **info_doc)(info_default)
+    app.get("/indexes/{name}/info", summary="One served index", **info_doc)(info)
+
+    @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 

@@ -1,0 +1,269 @@
+"""Declared request and response bodies of the HTTP API (pydantic), one class per endpoint.
+
+Why the server validates by hand (``parse``) instead of letting FastAPI bind bodies: ``/search`` takes JSON or
+multipart with the same fields, limits (``max_k``, text length) are per-app settings given as validation
+context, and each failure keeps its own status code (a too-long text is 413, a lone surrogate 400) and one
+clear ``{"error": ...}`` line. ``openapi_body`` documents the same models in ``/docs``.
+
+To add a request field (e.g. a filter), add it to the request class here; the endpoint passes the validated
+model on, and multipart forms are validated through the same class (form values arrive as text).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from ..data.ids import is_utf8_text
+
+DEFAULTS = {"max_k": 100, "max_depth": 500, "max_text_chars": 1000}
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status + one clear message (rendered as ``{"error": message}``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def fail(status: int, message: str) -> PydanticCustomError:
+    """A validation error carrying its HTTP status (422 unless the failure is a size or encoding problem)."""
+    return PydanticCustomError(f"xmodal_{status}", message)
+
+
+def _ctx(info: ValidationInfo, name: str) -> Any:
+    return (info.context or {}).get(name, DEFAULTS[name])
+
+
+def whole_number(name: str, value: Any) -> int:
+    """JSON 1.7 or true must not become 1; form fields arrive as text and must be whole numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, str) and not value.strip().lstrip("+-").isdigit()):
+        raise fail(422, f"{name} must be an integer (a whole number); got {value!r:.40}.")
+    return int(value)
+
+
+def in_range(name: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise fail(422, f"{name} must be between {lo} and {hi}; got {value}.")
+    return value
+
+
+def query_text(value: Any, max_chars: int, what: str = "the text query") -> str:
+    if not isinstance(value, str):
+        raise fail(422, "text must be a string.")
+    if not is_utf8_text(value):
+        raise fail(400, "the text is not valid Unicode (it holds a lone surrogate such as \\ud800).")
+    if not value.strip():
+        raise fail(422, f"{what} is empty.")
+    if len(value) > max_chars:
+        raise fail(413, f"{what} is longer than {max_chars} characters.")
+    return value
+
+
+def flag(value: Any) -> bool:
+    """JSON booleans and the form words 1/true/yes/on (anything else is false, as the page sends 'false')."""
+    return str(value).lower() in TRUE_WORDS
+
+
+class _Request(BaseModel):
+    # unknown fields are ignored (clients may send more than this server knows)
+    model_config = ConfigDict(extra="ignore")
+
+
+class SearchRequest(_Request):
+    """``POST /search`` (and ``/indexes/{name}/search``): a text query; an image comes as a multipart file."""
+
+    text: str | None = Field(None, description="Text query (at most max_text_chars characters, see /info).",
+                             json_schema_extra={"maxLength": DEFAULTS["max_text_chars"]})
+    k: int = Field(10, description="How many results (1..max_k, see /info).",
+                   json_schema_extra={"minimum": 1, "maximum": DEFAULTS["max_k"]})
+    depth: int | None = Field(None, description="Candidates retrieved for reranking (1..max_depth).",
+                              json_schema_extra={"minimum": 1, "maximum": DEFAULTS["max_depth"]})
+    rerank: bool = Field(False, description="Rerank the candidates with the cross-encoder (server started with --rerank).")
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else query_text(v, _ctx(info, "max_text_chars"))
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v: Any, info: ValidationInfo) -> int:
+        return in_range("k", whole_number("k", v), 1, _ctx(info, "max_k"))
+
+    @field_validator("depth", mode="before")
+    @classmethod
+    def _depth(cls, v: Any, info: ValidationInfo) -> int | None:
+        if v in (None, ""):
+            return None
+        return in_range("depth", whole_number("depth", v), 1, _ctx(info, "max_depth"))
+
+    @field_validator("rerank", mode="before")
+    @classmethod
+    def _rerank(cls, v: Any) -> bool:
+        return flag(v)
+
+
+class SearchForm(SearchRequest):
+    """``POST /search`` as ``multipart/form-data``: the fields of the JSON body as form fields, plus an image."""
+
+    image: bytes | None = Field(None, description="Query image (JPEG, PNG, WebP, GIF, BMP).",
+                                json_schema_extra={"format": "binary", "type": "string"})
+
+
+class ImageInput(BaseModel):
+    """xmodal extension of the OpenAI embeddings input: an image, as base64 or a ``data:image/...;base64,`` URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(..., description="Base64 of the image file (optionally as a data: URL).")
+
+
+class EmbeddingRequest(_Request):
+    """``POST /v1/embeddings`` (OpenAI-compatible; ``/embed`` is an alias): texts, or images (extension)."""
+
+    input: str | list[str | ImageInput] = Field(
+        ..., description="A text, or a list of texts and/or {\"image\": base64} objects (xmodal extension).")
+    model: str | None = Field(None, description="Must name the served model (see /info); omitted: the served model.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: lists of numbers; base64: little-endian float32 bytes, base64-encoded.")
+    dimensions: int | None = Field(None, description="Must equal the model's dimension if given (no truncation).")
+    user: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, v: Any, info: ValidationInfo) -> Any:
+        items = [v] if isinstance(v, (str, dict)) else v
+        limit = _ctx(info, "max_k")
+        if not isinstance(items, list) or not items or len(items) > limit:
+            raise fail(422, f"'input' must be a text or a list of 1..{limit} texts (token ids are not accepted).")
+        for t in items:
+            if isinstance(t, str):
+                query_text(t, _ctx(info, "max_text_chars"), what="an input text")
+            elif not isinstance(t, dict):
+                raise fail(422, "each input must be a text or an {\"image\": base64} object "
+                                "(token ids are not accepted).")
+        return items
+
+
+class EmbedForm(BaseModel):
+    """``POST /embed`` as ``multipart/form-data``: one or more image files, embedded in order."""
+
+    image: list[bytes] = Field(..., description="Image files (JPEG, PNG, WebP, GIF, BMP), at most max_images.",
+                               json_schema_extra={"items": {"type": "string", "format": "binary"}})
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    url: str = Field(..., description="The full image: GET this URL.")
+    thumbnail: str
+
+
+class SearchResponse(BaseModel):
+    stage: Literal["retrieve", "rerank"] | str
+    results: list[Hit]
+    ids: list[str]
+    scores: list[float]
+    timings: dict[str, float] = Field(..., description="Seconds per stage (encode, retrieve, rerank) and total.")
+
+
+class ItemResponse(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+    url: str
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(..., description="Numbers, or base64 float32 with encoding_format=base64.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: Usage
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "starting"]
+
+
+class InfoResponse(BaseModel):
+    model: str
+    items: int
+    engine: str
+    dimension: int
+    rerank: bool
+    max_k: int
+    max_upload_bytes: int
+    max_images: int
+    search: dict[str, Any] | None
+    indexes: list[str] = Field(default_factory=list, description="Names served under /indexes/{name}/...")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="One line saying what was wrong and what to do.")
+
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 422)}
+
+
+def parse(model: type[BaseModel], data: Any, **context: Any) -> Any:
+    """Validate ``data`` with ``model``; a failure becomes one ``RequestError`` (status of its first problem)."""
+    if not isinstance(data, dict):
+        raise RequestError(400, "the JSON body must be an object.")
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as e:
+        raise RequestError(*describe(e.errors())) from None
+
+
+def describe(errors: list[dict[str, Any]], skip: int = 0) -> tuple[int, str]:
+    """(status, message) for pydantic errors: our own keep their status and text, others name the field."""
+    status, parts = 422, []
+    for i, err in enumerate(errors):
+        kind = str(err.get("type", ""))
+        if kind.startswith("xmodal_"):
+            if i == 0:
+                status = int(kind.removeprefix("xmodal_"))
+            parts.append(err["msg"])
+        else:
+            where = ".".join(str(x) for x in err.get("loc", ())[skip:])
+            parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return status, "; ".join(dict.fromkeys(parts))
+
+
+def openapi_body(json_model: type[BaseModel] | None, form_model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body validated by hand (refs resolved by ``add_components``)."""
+    content: dict[str, Any] = {}
+    if json_model is not None:
+        content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}}
+    if form_model is not None:
+        content["multipart/form-data"] = {"schema": {"$ref": f"#/components/schemas/{form_model.__name__}"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+BODY_MODELS: list[type[BaseModel]] = [SearchRequest, SearchForm, EmbeddingRequest, EmbedForm]
+
+
+def add_components(schema: dict[str, Any], models: list[type[BaseModel]] | None = None) -> dict[str, Any]:
+    """Put the request models (and what they refer to) into ``components.schemas`` of an OpenAPI document."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for m in models or BODY_MODELS:
+        s = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in s.pop("$defs", {}).items():
+            comps.setdefault(name, sub)
+        comps[m.__name__] = s
+    return schema
