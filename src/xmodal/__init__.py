@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     "features_info": "xmodal.pipelines:features_info",
     "features_convert": "xmodal.pipelines:features_convert",
     "mine_negatives": "xmodal.pipelines:mine_negatives",
+    "verify_index": "xmodal.pipelines:verify_index",
 }
 
 

@@ -125,7 +125,7 @@ def test_load_refuses_mismatch_and_damage(tmp_path):
 
     with open(read_manifest(path).path(path, "index.faiss"), "ab") as f:
         f.write(b"junk")
-    with pytest.raises(CorruptIndexError, match="checksum"):
+    with pytest.raises(CorruptIndexError, match="does not match the manifest"):
         FaissIndex.load(path)
 
 

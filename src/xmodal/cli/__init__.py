@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve_cmds",  # serve
     "scale_cmds",  # encode, index-embeddings
     "feature_cmds",  # features split/info
+    "verify_cmds",  # verify
 )
 
 for _name in COMMAND_MODULES:

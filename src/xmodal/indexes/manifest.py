@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ class Manifest:
     model_id: str | None = None
     format_version: int = FORMAT_VERSION
     checksums: dict[str, str] = field(default_factory=dict)  # logical file name -> sha256
+    stats: dict[str, list[int]] = field(default_factory=dict)  # logical file name -> [size, mtime_ns] (cheap open check)
     files: dict[str, str] = field(default_factory=dict)  # logical file name -> stored file name (set on commit)
     companions: list[str] = field(default_factory=list)  # files not the engine's own (collection.json), kept across saves
     fingerprint: str | None = None  # of the model's weights (models.fingerprint); None: not recorded
@@ -64,6 +66,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# A file's mtime is recorded this far in the past (see ``file_stat``): any later write to it gets a
+# newer mtime even on filesystems with coarse (1-2 s) timestamps, so an unchanged (size, mtime) proves
+# the file is the one that was hashed -- the "racy git" problem, solved by never recording a racy time.
+_BACKDATE_NS = 3_000_000_000
+
+
+def file_stat(path: Path) -> list[int]:
+    """``[size, mtime_ns]`` of ``path`` for the cheap open check; a recent mtime is first moved back by 3 s."""
+    st = path.stat()
+    now = time.time_ns()
+    if st.st_mtime_ns > now - _BACKDATE_NS:
+        os.utime(path, ns=(st.st_atime_ns, now - _BACKDATE_NS))
+        st = path.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
 def atomic_folder(path: str | Path):  # type: ignore[no-untyped-def]
     """Save an index folder in place, manifest last (see ``xmodal.io.atomic_folder``)."""
     return _atomic_folder(path, commit_name=MANIFEST_NAME)
@@ -87,8 +105,13 @@ def companion_files(files: dict[str, bytes], fingerprint: str | None = None) -> 
         _fingerprint.reset(t2)
 
 
-def write_manifest(folder: Path, manifest: Manifest, files: list[str]) -> None:
+def write_manifest(folder: Path, manifest: Manifest, files: list[str],
+                   kept: Manifest | None = None) -> None:
     """Checksum ``files`` (relative to the staging ``folder``) and write the manifest there, last.
+
+    ``kept``: the previous version (``read_manifest`` of the index folder) whose files listed in
+    ``manifest.files`` (logical -> stored name) stay as they are: their checksums and stats are carried
+    over, nothing is re-read (an append save writes only its new segment).
 
     Companion files come from ``companion_files`` or, when none are given, are carried over unchanged
     from the version being replaced (``folder`` is the staging folder inside the index folder), so an
@@ -111,6 +134,12 @@ def write_manifest(folder: Path, manifest: Manifest, files: list[str]) -> None:
     same_model = previous is not None and previous.model_id == manifest.model_id
     manifest.fingerprint = manifest.fingerprint or _fingerprint.get() or (previous.fingerprint if same_model else None)
     manifest.checksums = {name: sha256_file(folder / name) for name in files}
+    manifest.stats = {name: file_stat(folder / name) for name in files}
+    if kept is not None:
+        for name in manifest.files:
+            manifest.checksums[name] = kept.checksums[name]
+            if name in kept.stats:
+                manifest.stats[name] = kept.stats[name]
     (folder / MANIFEST_NAME).write_text(manifest.to_json())
 
 
@@ -122,12 +151,14 @@ def write_companion(folder: str | Path, name: str, data: bytes | None) -> None:
     keep = {n: m.files.get(n, n) for n in m.checksums if n != name}
     with atomic_folder(folder) as staging:
         checksums = {n: d for n, d in m.checksums.items() if n != name}
+        stats = {n: s for n, s in m.stats.items() if n != name}
         companions = [c for c in m.companions if c != name]
         if data is not None:
             (staging / name).write_bytes(data)
             checksums[name] = hashlib.sha256(data).hexdigest()
+            stats[name] = file_stat(staging / name)
             companions.append(name)
-        m.checksums, m.companions, m.files = checksums, sorted(companions), keep
+        m.checksums, m.stats, m.companions, m.files = checksums, stats, sorted(companions), keep
         (staging / MANIFEST_NAME).write_text(m.to_json())
 
 
@@ -179,8 +210,17 @@ def _previous_manifest(folder: Path) -> Manifest | None:
         return None
 
 
-def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
+def read_manifest(folder: str | Path, verify: bool | str = True) -> Manifest:
+    """Read (and check) an index folder's manifest.
+
+    ``verify``: ``True``/``"quick"`` (default) checks that every file exists with the size and
+    modification time recorded at save -- O(number of files), so opening a large memory-mapped index
+    stays cheap; a file whose mtime differs (copied without ``-p``, touched) is hashed, and refused if
+    its content changed. ``"full"`` hashes every file (``xmodal verify``); ``False`` checks nothing.
+    """
     folder = Path(folder)
+    if verify not in (True, False, "quick", "full"):
+        raise InvalidInputError(f"verify must be True, False, 'quick' or 'full'; got {verify!r}.")
     mpath = folder / MANIFEST_NAME
     if not folder.exists():
         raise IndexNotFoundError(f"no index at '{folder}': the folder does not exist. Build one with `xmodal index`.")
@@ -202,12 +242,26 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
             f = manifest.path(folder, name)
             if not f.exists():
                 raise CorruptIndexError(f"index '{folder}' is missing its file '{name}'. Rebuild the index.")
+            if verify != "full" and _stat_unchanged(f, manifest.stats.get(name), folder, name):
+                continue
             if sha256_file(f) != digest:
                 raise CorruptIndexError(
                     f"index '{folder}': file '{name}' does not match the manifest checksum (damaged or "
                     "changed by hand). Rebuild the index."
                 )
     return manifest
+
+
+def _stat_unchanged(f: Path, recorded: list[int] | None, folder: Path, name: str) -> bool:
+    """True when ``f`` has the recorded size and mtime (no need to hash it); a size change is damage."""
+    if not recorded:
+        return False  # an index saved before stats were recorded: hash it
+    st = f.stat()
+    if st.st_size != recorded[0]:
+        raise CorruptIndexError(
+            f"index '{folder}': file '{name}' does not match the manifest (it has {st.st_size:,} bytes, the "
+            f"manifest records {recorded[0]:,}: damaged, truncated or changed by hand). Rebuild the index.")
+    return st.st_mtime_ns == recorded[1]
 
 
 def check_compatible(

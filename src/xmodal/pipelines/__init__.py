@@ -17,7 +17,8 @@ from .index import EmbeddingsIndex, index_folder, index_from_embeddings  # xmoda
 from .search import SearchHits, search  # xmodal search
 from .serve import serve  # xmodal serve
 from .train import TrainRun, mine_negatives, synth, train  # xmodal train, xmodal synth, xmodal mine-negatives
+from .verify import VerifyReport, verify_index  # xmodal verify
 
 __all__ = ["index_folder", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
            "features_split", "features_info", "features_convert", "mine_negatives", "EmbeddingsIndex", "SearchHits", "EvaluationRun",
-           "TrainRun", "attach_feature_store"]
+           "TrainRun", "attach_feature_store", "verify_index", "VerifyReport"]
