@@ -18,6 +18,9 @@ from .base import as_float32_matrix, as_id_filter, check_dim, check_k, check_new
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .sizing import ivf_nlist
 from .recall import Tuning, exact_topk, recall_at_k
+from .filtered import search_masked
+from .filters import parse_filter
+from .metadata_store import MetadataStore
 
 try:
     import faiss
@@ -105,6 +108,8 @@ class FaissIndex:
         self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
         self._pos_ids: np.ndarray | None = None  # cached: label by position in the wrapped FAISS index
         self.tuning: Tuning | None = Tuning.from_dict(tuning)  # measured recall of the current search params
+        self._store: MetadataStore | None = None  # columnar metadata for where= filters (built/loaded lazily)
+        self._store_path: str | None = None  # metadata.parquet of a loaded index
 
     # ------------------------------------------------------------------ id columns
     @property
@@ -235,6 +240,8 @@ class FaissIndex:
                 meta[i] = dict(metadata[j])
         self._n_live += len(ids)
         self._ids_arr = self._pos_ids = None
+        if metadata is not None and (self._store is not None or self._store_path is not None):
+            self.metadata_store().append(metadata, labels)
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids are ignored. Returns how many were removed."""
@@ -268,6 +275,37 @@ class FaissIndex:
         if item_id not in self._label:
             raise KeyError(item_id)
         return self._meta.get(item_id, {})
+
+    def update_metadata(self, item_ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the metadata of items already in the index (their vectors stay as they are)."""
+        item_ids = list(item_ids)
+        if len(item_ids) != len(metadata):
+            raise InvalidInputError(f"got {len(metadata)} metadata records for {len(item_ids)} ids.")
+        missing = [i for i in item_ids if i not in self._label]
+        if missing:
+            raise InvalidInputError(f"unknown ids: {missing[:5]}")
+        for i, m in zip(item_ids, metadata):
+            self._meta[i] = dict(m)
+        if self._store is not None or self._store_path is not None:
+            self.metadata_store().replace(metadata, [self._label[i] for i in item_ids])
+
+    def metadata_store(self) -> MetadataStore:
+        """The columnar metadata of every label (loaded from ``metadata.parquet``, else built from the records)."""
+        if self._store is None:
+            if self._store_path is not None:
+                self._store = MetadataStore.load(self._store_path)
+            else:
+                meta = self._meta
+                self._store = MetadataStore.from_records([meta.get(i) if i is not None else None for i in self._ids])
+        return self._store
+
+    def _n_labels(self) -> int:
+        return len(self._table) if self._ids_list is None else len(self._ids_list)
+
+    def _live_labels(self) -> np.ndarray:
+        if self._ids_list is None:
+            return np.asarray(self._table.column("id").is_valid())
+        return np.fromiter((i is not None for i in self._ids_list), dtype=bool, count=len(self._ids_list))
 
     def reconstruct(self, item_ids: Sequence[str]) -> np.ndarray:
         """Stored vectors of the given ids (exact for flat/HNSW, decoded for IVF-PQ)."""
@@ -317,17 +355,31 @@ class FaissIndex:
         return self._index.search(q, k, params=params)
 
     def search(
-        self, queries: Any, k: int, filter: Iterable[str] | None = None
+        self, queries: Any, k: int, filter: Iterable[str] | None = None, where: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ids and scores for each query row.
 
         ``filter``: only these ids may be returned (ids unknown to the index are ignored).
+        ``where``: only items whose metadata satisfies this filter expression (``xmodal.indexes.filters``).
+        Both are executed by FAISS with an ID selector (``indexes.filtered``): exact scan of the allowed
+        vectors when few are allowed, so a selective filter still returns ``k`` results when there are ``k``.
         """
         k = check_k(k)
         q = as_float32_matrix(queries, self.dim, what="queries")
+        expr = parse_filter(where) if where is not None else None
         if self._index is None or len(self) == 0:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), None, dtype=object)
-        scores, labels = self._search_labels(q, k, as_id_filter(filter))
+        filter = as_id_filter(filter)
+        if filter is None and expr is None:
+            scores, labels = self._search_labels(q, k)
+        else:
+            n = self._n_labels()
+            mask = self.metadata_store().mask(expr, n) if expr is not None else np.ones(n, dtype=bool)
+            if filter is not None:
+                allowed = np.zeros(n, dtype=bool)
+                allowed[[self._label[i] for i in filter if i in self._label]] = True
+                mask &= allowed
+            scores, labels = search_masked(self, q, k, mask)
         ids = self._ids_of(labels)
         missing = labels < 0
         if missing.any():
@@ -523,6 +575,9 @@ class FaissIndex:
             with pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             np.save(tmp / "removed.npy", np.array(sorted(self._removed), dtype=np.int64))
+            if self._store is not None or self._store_path is not None or (self._meta_map is not None and self._meta_map):
+                self.metadata_store().compacted(self._live_labels()).save(tmp / "metadata.parquet")
+                files.append("metadata.parquet")
             manifest = Manifest(
                 engine=self.engine,
                 dimension=self.dim,
@@ -571,6 +626,8 @@ class FaissIndex:
             self._ids_list = self._label_map = self._meta_map = None
             self._removed = set(np.load(m.path(path, "removed.npy")).tolist())
             self._n_live = len(self._table) - self._table.column("id").null_count
+            if "metadata.parquet" in m.checksums:
+                self._store_path = str(m.path(path, "metadata.parquet"))
         else:  # the format before ids.arrow: one JSON list of ids and a JSON line per metadata record
             raw = read_index_json(m.path(path, "ids.json"))
             try:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import IndexMismatchError, InvalidInputError
 from .base import as_float32_matrix, as_id_filter, check_dim, check_k, check_new_ids
+from .filters import parse_filter, to_milvus
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 
 ENGINE = "milvus"
@@ -141,9 +142,12 @@ class MilvusIndex:
             del self._meta[i]
         return len(present)
 
-    def search(self, queries: Any, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, filter: Iterable[str] | None = None,
+               where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``where``: a metadata filter expression, run by Milvus as a boolean expression on ``meta``."""
         k = check_k(k)
         q = as_float32_matrix(queries, self.dim, what="queries")
+        where_expr = to_milvus(parse_filter(where)) if where is not None else ""
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         out = np.full((len(q), k), None, dtype=object)
         if not self._meta:
@@ -155,6 +159,8 @@ class MilvusIndex:
             if not allowed:
                 return scores, out
             expr = f"id in {_quote(allowed)}"
+        if where_expr:
+            expr = f"({expr}) and {where_expr}" if expr else where_expr
         params = dict(self.search_params)
         if "ef" in params or self.index_type.startswith("HNSW"):
             params["ef"] = max(int(params.get("ef", 64)), min(k, 16384))  # HNSW needs ef >= k
@@ -165,6 +171,18 @@ class MilvusIndex:
                 scores[n, j] = h["distance"] if self.metric == "ip" else -h["distance"]
                 out[n, j] = h["id"]
         return scores, out
+
+    def update_metadata(self, item_ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the metadata of items already stored (their vectors are read back and kept)."""
+        item_ids = [str(i) for i in item_ids]
+        if len(item_ids) != len(metadata) or any(i not in self for i in item_ids):
+            raise InvalidInputError("update_metadata needs one record per id, for ids already in the index.")
+        new = dict(zip(item_ids, (dict(m) for m in metadata)))
+        for s in range(0, len(item_ids), 1000):
+            rows = self.client.get(self.collection, ids=item_ids[s:s + 1000], output_fields=["id", "vector"])
+            self.client.upsert(self.collection, [{"id": r["id"], "vector": list(r["vector"]), "meta": new[r["id"]]}
+                                                 for r in rows])
+        self._meta.update(new)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

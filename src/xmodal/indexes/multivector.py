@@ -24,6 +24,8 @@ import torch
 from ..errors import CorruptIndexError, IndexMismatchError, InvalidInputError
 from .base import as_id_filter, check_dim, check_k, check_new_ids, read_index_json
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
+from .filter_hook import allowed_positions
+from .filters import parse_filter
 from .maxsim import maxsim, pad
 from .sizing import plaid_centroids
 
@@ -132,6 +134,15 @@ class MultiVectorIndex:
         if item_id not in self._label:
             raise KeyError(item_id)
         return self._meta.get(item_id, {})
+
+    def update_metadata(self, item_ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the metadata of documents already in the index (their vectors stay as they are)."""
+        item_ids = list(item_ids)
+        if len(item_ids) != len(metadata) or any(i not in self._label for i in item_ids):
+            raise InvalidInputError("update_metadata needs one record per id, for ids already in the index.")
+        for i, m in zip(item_ids, metadata):
+            self._meta[i] = dict(m)
+        self._meta_version = getattr(self, "_meta_version", 0) + 1
 
     @property
     def num_tokens(self) -> int:
@@ -289,18 +300,21 @@ class MultiVectorIndex:
         sims = q @ vecs.T  # (tq, tokens)
         return np.maximum.reduceat(sims, starts, axis=1).sum(axis=0)
 
-    def search(self, queries: Any, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` documents per query (a list of ``(t_i, dim)`` arrays, or ``(n, t, dim)``)."""
+    def search(self, queries: Any, k: int, filter: Iterable[str] | None = None,
+               where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` documents per query (a list of ``(t_i, dim)`` arrays, or ``(n, t, dim)``).
+
+        ``filter`` (ids) and ``where`` (a metadata filter expression) restrict candidate generation to
+        the allowed documents (``filter_hook.allowed_positions``).
+        """
         k = check_k(k)
         qs = _as_ragged(queries, self.dim)
+        expr = parse_filter(where) if where is not None else None
         scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
         ids = np.full((len(qs), k), None, dtype=object)
         if not self._ids:
             return scores, ids
-        allowed = None
-        filter = as_id_filter(filter)
-        if filter is not None:
-            allowed = np.array(sorted(self._label[i] for i in filter if i in self._label), dtype=np.int64)
+        allowed = allowed_positions(self._ids, self._label, self._meta, as_id_filter(filter), expr, self)
         for n, q in enumerate(qs):
             s, d = self._search_one(q, k, allowed)
             scores[n, : len(s)], ids[n, : len(d)] = s, [self._ids[j] for j in d]
@@ -313,6 +327,11 @@ class MultiVectorIndex:
             all_scores = np.concatenate([self._exact(q, docs[s:s + 2048]) for s in range(0, len(docs), 2048)]) if len(docs) else np.zeros(0)
             top = np.argsort(-all_scores, kind="stable")[:k]
             return all_scores[top], docs[top]
+        if allowed is not None and len(allowed) <= (self.params["ncandidates"] or max(8 * k, 64)):
+            docs = allowed  # a selective filter: every allowed document is re-scored exactly
+            exact = self._exact(q, docs) if len(docs) else np.zeros(0, dtype=np.float32)
+            top = np.argsort(-exact, kind="stable")[:k]
+            return exact[top].astype(np.float32), docs[top]
         cscores = q @ self.centroids.T  # (tq, K)
         nprobe = min(self.params["nprobe"], cscores.shape[1])
         probe = np.unique(np.argpartition(-cscores, nprobe - 1, axis=1)[:, :nprobe])
