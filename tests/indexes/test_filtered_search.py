@@ -45,7 +45,12 @@ def hits(found):
 
 @pytest.mark.parametrize("kind, options", [("flat", {}), ("hnsw", {}),
                                            ("ivfpq", {"nlist": 16, "pq_m": 4, "pq_bits": 6, "refine": "flat", "k_factor": 64})])
-def test_faiss_where_equals_brute_force(kind, options, tmp_path):
+@pytest.mark.parametrize("exact_items", [None, 0])  # default plan, and never the exact scan (graph/IVF with selector)
+def test_faiss_where_equals_brute_force(kind, options, exact_items, tmp_path, monkeypatch):
+    from xmodal.indexes import filtered
+
+    if exact_items is not None:
+        monkeypatch.setattr(filtered, "EXACT_ITEMS", exact_items)
     x, q, ids, metas = _data()
     index = FaissIndex(D, kind=kind, **options)
     index.add(ids, x, metadata=metas)

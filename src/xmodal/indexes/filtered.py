@@ -5,15 +5,15 @@
 mask becomes a ``faiss.IDSelectorBitmap`` over the positions of the wrapped index, and:
 
 - flat: the flat scan skips items outside the bitmap (exact, as unfiltered flat search is);
-- HNSW: graph search with the selector, its beam (efSearch) widened by 1/fraction so that it holds as
-  many allowed nodes as an unfiltered search, while the filter keeps a large share of the items; below
-  ``EXACT_FRACTION`` a graph search would wander through mostly excluded nodes (slow, and fewer than
-  ``k`` results when the beam runs dry), so the HNSW storage itself (the float vectors) is scanned
-  with the selector: exact, and cheap because only allowed vectors are scored;
-- IVF-PQ: the inverted lists are probed with the selector and ``nprobe`` raised by 1/fraction (the
-  allowed items nearest to the query lie farther away, in more lists); below ``EXACT_FRACTION`` the
-  refine codes (SQ8/float) of the allowed items are scanned instead (without a refine stage: every
-  list is probed).
+- at most ``EXACT_ITEMS`` allowed items (HNSW, IVF-PQ): a graph search would wander through mostly
+  excluded nodes (slow, and fewer than ``k`` results when the beam runs dry), so the allowed items'
+  stored vectors are scored exactly instead: in place for float storage
+  (``faiss.knn_inner_products_by_idx``), decoded for SQ8 refine codes (IVF-PQ without refine codes:
+  every list probed);
+- HNSW above that: graph search with the selector, its beam (efSearch) widened by
+  ``(1/fraction) ** WIDEN`` so that it holds about as many allowed nodes as an unfiltered search;
+- IVF-PQ above that: the inverted lists probed with the selector and ``nprobe`` widened the same way
+  (the nearest allowed items lie farther away, in more lists).
 
 ``benchmarks/filtered_search.py`` measures recall@10 against exact filtered search and latency
 against unfiltered search for these choices.
@@ -30,7 +30,8 @@ try:
 except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
     raise ImportError("filtered FAISS search needs faiss: `pip install faiss-cpu`") from e
 
-EXACT_FRACTION = 0.1  # below this share of allowed items, scan the allowed vectors instead of the ANN structure
+EXACT_ITEMS = 2048  # at most this many allowed items: score them all exactly instead of searching the ANN structure
+WIDEN = 0.5  # HNSW efSearch / IVF nprobe grow by (1/fraction) ** WIDEN for the filters above EXACT_ITEMS
 
 
 def _bitmap(mask: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -38,51 +39,100 @@ def _bitmap(mask: np.ndarray) -> tuple[Any, np.ndarray]:
     return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits
 
 
+def _position_mask(index: Any, label_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The allow-mask over positions of the wrapped FAISS index (labels differ from positions after flat removals)."""
+    pos_labels = index._labels_by_position()[:-1]
+    cache = getattr(index, "_filter_identity", None)
+    if cache is None or cache[0] is not pos_labels:
+        cache = (pos_labels, bool(np.array_equal(pos_labels, np.arange(len(pos_labels)))))
+        index._filter_identity = cache
+    if cache[1] and len(label_mask) >= len(pos_labels):
+        pos_mask = label_mask[:len(pos_labels)].copy()
+    else:
+        inside = pos_labels < len(label_mask)
+        pos_mask = np.zeros(len(pos_labels), dtype=bool)
+        pos_mask[inside] = label_mask[pos_labels[inside]]
+    if index._removed:  # HNSW/IVF keep removed vectors: mask them
+        removed = np.fromiter(index._removed, dtype=np.int64)
+        if cache[1]:
+            pos_mask[removed[removed < len(pos_mask)]] = False
+        else:
+            pos_mask &= ~np.isin(pos_labels, removed)
+    return pos_mask, pos_labels
+
+
+def _exact_subset(target: Any, q: np.ndarray, k: int, positions: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` over the given positions of a flat (float) or scalar-quantised index."""
+    if isinstance(target, faiss.IndexFlat):  # scored in place, no copy of the vectors
+        vals = np.empty((len(q), k), dtype=np.float32)
+        out = np.empty((len(q), k), dtype=np.int64)
+        fn = faiss.knn_inner_products_by_idx if metric == "ip" else faiss.knn_L2sqr_by_idx
+        fn(faiss.swig_ptr(q), target.get_xb(), faiss.swig_ptr(positions), target.d, len(q), target.ntotal,
+           len(positions), k, faiss.swig_ptr(vals), faiss.swig_ptr(out), 0)
+        return vals, out
+    codes = faiss.rev_swig_ptr(target.codes.data(), target.ntotal * target.code_size).reshape(target.ntotal, -1)
+    vecs = target.sa_decode(np.ascontiguousarray(codes[positions]))
+    if metric == "ip":
+        s = q @ vecs.T
+    else:
+        s = -((q ** 2).sum(1)[:, None] + (vecs ** 2).sum(1)[None, :] - 2 * q @ vecs.T)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(s, top, axis=1).astype(np.float32)
+    if metric != "ip":
+        vals = -vals
+    out = positions[top]
+    if top.shape[1] < k:  # fewer allowed items than k
+        vals = np.pad(vals, ((0, 0), (0, k - top.shape[1])), constant_values=-np.inf if metric == "ip" else np.inf)
+        out = np.pad(out, ((0, 0), (0, k - top.shape[1])), constant_values=-1)
+    return vals, out
+
+
 def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
-                  exact_fraction: float = EXACT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+                  exact_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, labels) among labels where ``label_mask`` is True; label -1 where fewer exist.
 
     ``index`` is an ``xmodal.indexes.faiss_index.FaissIndex`` (its wrapped FAISS index, label map and settings).
     """
-    pos_labels = index._labels_by_position()[:-1]
-    label_mask = np.asarray(label_mask, dtype=bool)
-    inside = pos_labels < len(label_mask)
-    pos_mask = np.zeros(len(pos_labels), dtype=bool)
-    pos_mask[inside] = label_mask[pos_labels[inside]]
-    if index._removed:
-        pos_mask &= ~np.isin(pos_labels, np.fromiter(index._removed, dtype=np.int64))
+    pos_mask, pos_labels = _position_mask(index, np.asarray(label_mask, dtype=bool))
     allowed = int(pos_mask.sum())
     if allowed == 0:
         return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
     fraction = allowed / max(1, len(index))
-    sel, bits = _bitmap(pos_mask)
     inner = faiss.downcast_index(index._index.index)
     p = index.params
-    exact = fraction < exact_fraction
+    exact = allowed <= (EXACT_ITEMS if exact_items is None else exact_items)
+    widen = (1.0 / fraction) ** WIDEN
+    sel = bits = None
+    if exact and index.kind != "flat":
+        if index.kind == "hnsw":
+            target = faiss.downcast_index(inner.storage)
+        elif isinstance(inner, faiss.IndexRefine):
+            target = faiss.downcast_index(inner.refine_index)
+        else:  # IVF-PQ without refine codes: every list probed, PQ distances
+            target = None
+        if target is not None:
+            scores, pos = _exact_subset(target, q, k, np.flatnonzero(pos_mask).astype(np.int64), index.metric)
+            return scores, np.where(pos >= 0, np.concatenate([pos_labels, [-1]])[pos], -1)
+    sel, bits = _bitmap(pos_mask)
     if index.kind == "flat":
         target, params = inner, faiss.SearchParameters(sel=sel)
     elif index.kind == "hnsw":
-        if exact:
-            target, params = faiss.downcast_index(inner.storage), faiss.SearchParameters(sel=sel)
-        else:
-            # the beam must hold as many *allowed* nodes as an unfiltered search would: widen it by 1/fraction
-            ef = int(min(max(len(index), k), np.ceil(max(int(p["ef_search"]), k) / fraction)))
-            target, params = inner, faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+        # the beam must hold about as many *allowed* nodes as an unfiltered search: widened by 1/fraction**WIDEN
+        ef = int(min(max(len(index), k), np.ceil(max(int(p["ef_search"]), k) * widen)))
+        target, params = inner, faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
     else:
-        target, params = _ivf_plan(inner, sel, k, fraction, exact, p)
+        target, params = _ivf_plan(inner, sel, k, widen, exact, p)
     params._keep = (sel, bits, getattr(params, "base_index_params", None))
     scores, pos = target.search(q, k, params=params)
     labels = np.where(pos >= 0, np.concatenate([pos_labels, [-1]])[pos], -1)
     return scores, labels
 
 
-def _ivf_plan(inner: Any, sel: Any, k: int, fraction: float, exact: bool, p: dict[str, Any]) -> tuple[Any, Any]:
+def _ivf_plan(inner: Any, sel: Any, k: int, widen: float, exact: bool, p: dict[str, Any]) -> tuple[Any, Any]:
     refine = isinstance(inner, faiss.IndexRefine)
     ivf = faiss.downcast_index(inner.base_index) if refine else inner
-    if exact and refine:  # the refine codes of the allowed items, scanned with the selector
-        return faiss.downcast_index(inner.refine_index), faiss.SearchParameters(sel=sel)
     nlist = int(ivf.nlist)
-    nprobe = nlist if exact else int(min(nlist, np.ceil(int(p["nprobe"]) / max(fraction, 1e-9))))
+    nprobe = nlist if exact else int(min(nlist, np.ceil(int(p["nprobe"]) * widen)))
     ivf_params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
     if not refine:
         return inner, ivf_params

@@ -66,10 +66,18 @@ class _Field:
         self.num = np.asarray(num.filter(pc.invert(num.is_null())).to_numpy(zero_copy_only=False), dtype=np.float64)
         str_valid = ~np.asarray(strs.is_null().to_numpy(zero_copy_only=False))
         self.str_rows, self.str_list = rows[str_valid], is_list[str_valid]
-        self.str = strs.filter(pc.invert(strs.is_null()))
+        # text as dictionary codes: a comparison runs on the few distinct values, then one numpy gather
+        enc = pc.dictionary_encode(strs.filter(pc.invert(strs.is_null())))
+        self.str_dict, self.str_codes = enc.dictionary, np.asarray(enc.indices.to_numpy(zero_copy_only=False))
         bool_valid = ~np.asarray(bools.is_null().to_numpy(zero_copy_only=False))
         self.bool_rows, self.bool_list = rows[bool_valid], is_list[bool_valid]
         self.bool = np.asarray(bools.filter(pc.invert(bools.is_null())).to_numpy(zero_copy_only=False), dtype=bool)
+        # rows 0..m-1 in order (a field every item has, e.g. from a CSV): a comparison's hits are the mask itself
+        self.num_dense, self.str_dense = _dense(self.num_rows), _dense(self.str_rows)
+
+
+def _dense(rows: np.ndarray) -> bool:
+    return bool(len(rows)) and rows[0] == 0 and rows[-1] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
 
 
 class MetadataStore:
@@ -215,23 +223,28 @@ class MetadataStore:
 
         t = type_class(value)
         out = np.zeros(n, dtype=bool)
+        dense = False
         if t == "bool":
             if op != "=":
                 return out  # true/false have no order
             hit, rows = f.bool == value, f.bool_rows
         elif t == "num":
-            v, hit = float(value), None
             ops = {"=": np.equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
-            hit = ops[op](f.num, v)
+            hit = ops[op](f.num, float(value))
             if op != "=":
                 hit &= ~f.num_list  # ranges compare single values, not list elements
-            rows = f.num_rows
+            rows, dense = f.num_rows, f.num_dense
         else:
             fn = {"=": pc.equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
-            hit = np.asarray(fn(f.str, pa.scalar(value, pa.large_string())).to_numpy(zero_copy_only=False), dtype=bool)
+            per_value = np.asarray(fn(f.str_dict, pa.scalar(value, f.str_dict.type)).to_numpy(zero_copy_only=False), dtype=bool)
+            hit = per_value[f.str_codes] if len(per_value) else np.zeros(0, dtype=bool)
             if op != "=":
                 hit &= ~f.str_list
-            rows = f.str_rows
+            rows, dense = f.str_rows, f.str_dense
+        if dense:  # hits are already in row order
+            m = min(n, len(hit))
+            out[:m] = hit[:m]
+            return out
         rows = rows[hit]
         out[rows[rows < n]] = True
         return out
