@@ -11,6 +11,7 @@ from xmodal.losses import InfoNCELoss, ITMLoss, SigLIPLoss, VSEPPLoss, cached_ba
 from xmodal.models.joint import JointModel
 from xmodal.models.tiny import build_tiny_model
 from xmodal.train.data import PairCollator, PairDataset
+from xmodal.train.mining import mine_negatives
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,23 @@ def setup():
     pairs = PairDataset(splits["train"])
     batch = PairCollator(model.backbone)([pairs[i] for i in range(24)])
     batch["labels"][5] = batch["labels"][3]  # two captions of one image: masked out of each other's negatives
+    return model, batch
+
+
+@pytest.fixture(scope="module")
+def mined_setup():
+    """A batch with mined hard negatives (both directions); some rows have none."""
+    splits = generate(n_train=40, n_val=1, n_test=1, n_unseen=1, seed=0)
+    train = splits["train"]
+    model = build_tiny_model("clip", None, extra_texts=all_caption_texts(splits), seed=0)
+    negs = mine_negatives(model, train, k=3)
+    from xmodal.train.mining import MinedNegatives
+
+    negs = MinedNegatives(t2i={q: v for q, v in negs["t2i"].items() if q % 4}, i2t={
+        iid: v for n, (iid, v) in enumerate(negs["i2t"].items()) if n % 3})
+    pairs = PairDataset(train, hard_negatives=negs)
+    batch = PairCollator(model.backbone)([pairs[i] for i in range(24)])
+    assert not batch["neg_image_valid"].all() and batch["neg_image_valid"].any() and batch["neg_text_valid"].any()
     return model, batch
 
 
@@ -49,6 +67,13 @@ def test_cached_gradient_equals_plain_large_batch(setup, make):
     for n in want:
         assert torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-4), n
     assert any(want[n].abs().max() > 1e-4 for n in want)  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("make", [InfoNCELoss, SigLIPLoss, lambda m: VSEPPLoss(m, warmup_steps=0)],
+                         ids=["infonce", "siglip", "vsepp"])
+def test_cached_gradient_with_mined_negatives_equals_plain_large_batch(mined_setup, make):
+    """--micro-batch with --hard-negatives: the mined images and captions are embedded per micro-batch too."""
+    test_cached_gradient_equals_plain_large_batch(mined_setup, make)
 
 
 def test_plain_accumulation_differs_so_the_check_can_fail(setup):

@@ -73,6 +73,40 @@ def test_interrupted_training_resumes_exactly(splits, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+def test_augmented_batches_do_not_depend_on_workers_or_the_global_rng(splits, tmp_path):
+    """Random crops/flips are seeded per item from (seed, epoch, index): 0 or 2 DataLoader workers, any global RNG
+    state, the same pixels - which is what makes a resumed run with --augment and workers exact."""
+    model = fresh_model(splits)
+
+    def first_batches(workers, rng_seed):
+        cfg = TrainConfig(output_dir=str(tmp_path / f"w{workers}"), batch_size=8, augment="crop,flip", num_workers=workers)
+        trainer = Trainer(model, InfoNCELoss(model), splits["train"], cfg)
+        torch.manual_seed(rng_seed)
+        it = iter(trainer._loader())
+        return [next(it)["image"]["pixel_values"] for _ in range(3)]
+
+    a, b = first_batches(0, 0), first_batches(2, 1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    plain = Trainer(model, InfoNCELoss(model), splits["train"], TrainConfig(output_dir=str(tmp_path / "p"), batch_size=8))
+    assert not torch.equal(next(iter(plain._loader()))["image"]["pixel_values"], a[0])  # the augmentation did act
+
+
+def test_interrupted_training_with_augmentation_and_workers_resumes_exactly(splits, tmp_path):
+    def config(out):
+        return TrainConfig(output_dir=str(out), max_steps=16, batch_size=16, lr=1e-3, warmup_steps=3,
+                           checkpoint_every=5, log_every=5, augment="crop,flip", num_workers=2)
+
+    straight = fresh_model(splits)
+    Trainer(straight, InfoNCELoss(straight), splits["train"], config(tmp_path / "a")).train(show_progress=False)
+    crashed = fresh_model(splits)
+    with pytest.raises(KeyboardInterrupt):
+        CrashingTrainer(crashed, InfoNCELoss(crashed), splits["train"], config(tmp_path / "b")).train(show_progress=False)
+    resumed = fresh_model(splits, seed=123)
+    Trainer(resumed, InfoNCELoss(resumed), splits["train"], config(tmp_path / "b")).train(show_progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
 def test_freezing_the_image_tower(splits, tmp_path):
     model = fresh_model(splits)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .contrastive import gather_with_grad
+from .contrastive import MinedEmbeddings, gather_flags, gather_with_grad
 
 
 def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
@@ -37,6 +37,12 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
         return x[a:b] if isinstance(x, torch.Tensor) else x
 
     return [rows(batch, a, min(a + size, n)) for a in range(0, n, size)]
+
+
+# (batch key, tower) of everything a micro-batch embeds, in a fixed order (the RNG replay depends on it);
+# neg_image / neg_text are the mined hard negatives (xmodal train --hard-negatives)
+_PARTS = (("text", "text_embeddings"), ("image", "image_embeddings"),
+          ("neg_image", "image_embeddings"), ("neg_text", "text_embeddings"))
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -61,7 +67,8 @@ def cached_backward(loss: nn.Module, batch: dict[str, Any], micro_batch: int, *,
 
     Args:
         loss: a loss with ``loss_from_embeddings(t, i, labels)`` (InfoNCE, SigLIP, VSE++, metric-learning adapter).
-        batch: a collated batch (``text``, ``image``, ``labels``).
+        batch: a collated batch (``text``, ``image``, ``labels``; with mined hard negatives also ``neg_image`` /
+            ``neg_text`` + ``neg_*_valid``, embedded micro-batch by micro-batch like the rest).
         scale: applied to the loss before backward (gradient accumulation factor, AMP grad scaler).
         autocast: a context for the embedding forwards (mixed precision).
 
@@ -72,29 +79,44 @@ def cached_backward(loss: nn.Module, batch: dict[str, Any], micro_batch: int, *,
             f"{type(loss).__name__} cannot be trained with --micro-batch (cached gradients need a loss computed from "
             "embeddings alone: infonce, siglip, vsepp); drop --micro-batch or use --grad-accum.")
     model = loss.model
+    parts = [(key, tower) for key, tower in _PARTS if key in batch]
+    if len(parts) > 2 and not getattr(loss, "accepts_mined", False):
+        raise InvalidInputError(f"{type(loss).__name__} does not use mined hard negatives; drop --hard-negatives.")
     chunks = split_batch(batch, micro_batch)
-    states, t_parts, i_parts = [], [], []
+    states, embedded = [], {key: [] for key, _ in parts}
     with torch.no_grad():  # pass 1: embeddings only, no graph kept
         for c in chunks:
             states.append(_rng_state())
             with autocast():
-                t_parts.append(model.text_embeddings(c["text"]).float())
-                i_parts.append(model.image_embeddings(c["image"]).float())
+                for key, tower in parts:
+                    embedded[key].append(getattr(model, tower)(c[key]).float())
     after = _rng_state()
-    t = torch.cat(t_parts).requires_grad_(True)
-    i = torch.cat(i_parts).requires_grad_(True)
+    leaves = {key: torch.cat(v).requires_grad_(True) for key, v in embedded.items()}
+    t, i = leaves["text"], leaves["image"]
     labels = batch["labels"].to(t.device)
     tg, ig = gather_with_grad(t), gather_with_grad(i)
     lg = gather_with_grad(labels.float()).long()
-    value = loss.loss_from_embeddings(tg, ig, lg)  # pass 2: the full N x N loss
-    scale(value).backward()  # -> t.grad, i.grad (and the loss's own parameters' grads)
+    extra = {}
+    if len(parts) > 2:
+        mined = MinedEmbeddings()
+        if "neg_image" in leaves:
+            mined.image = gather_with_grad(leaves["neg_image"])
+            mined.image_valid = gather_flags(batch["neg_image_valid"].to(t.device))
+        if "neg_text" in leaves:
+            mined.text = gather_with_grad(leaves["neg_text"])
+            mined.text_valid = gather_flags(batch["neg_text_valid"].to(t.device))
+        extra["mined"] = mined
+    value = loss.loss_from_embeddings(tg, ig, lg, **extra)  # pass 2: the full N x N loss
+    scale(value).backward()  # -> leaf grads (and the loss's own parameters' grads)
+    grads = {key: x.grad if x.grad is not None else torch.zeros_like(x) for key, x in leaves.items()}
     start = 0
     for c, state in zip(chunks, states):  # pass 3: per micro-batch, chain rule through the cached gradients
         n = len(c["labels"])
         _set_rng_state(state)
         with autocast():
-            surrogate = (model.text_embeddings(c["text"]).float() * t.grad[start:start + n]).sum() + (
-                model.image_embeddings(c["image"]).float() * i.grad[start:start + n]).sum()
+            # every part is embedded again, in pass 1's order, so dropout masks line up
+            surrogate = sum((getattr(model, tower)(c[key]).float() * grads[key][start:start + n]).sum()
+                            for key, tower in parts)
         surrogate.backward()
         start += n
     _set_rng_state(after)

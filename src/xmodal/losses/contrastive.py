@@ -10,6 +10,7 @@ the in-batch negatives are the global batch, as in CLIP's training.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,13 +43,43 @@ def embed_pair(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, t
     return t, i, labels
 
 
-def mined_negatives(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Embeddings and labels of the batch's mined negative images (``neg_image``; see ``train.mining``), gathered."""
-    if "neg_image" not in batch:
+@dataclass
+class MinedEmbeddings:
+    """Each row's mined negatives (``xmodal.train.mining``), embedded and aligned with the (global) batch rows.
+
+    ``image[j]``: a mined negative image of caption j (text->image); ``text[j]``: a mined negative caption of
+    row j's image (image->text); ``*_valid[j]`` is False where row j has none. Mining removed every positive
+    (images sharing the caption's text), and a row's mined negatives are used against that row only - as another
+    row's negative one could be a positive (a duplicate caption) - so no false negative enters the loss.
+    """
+
+    image: torch.Tensor | None = None
+    image_valid: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    text_valid: torch.Tensor | None = None
+
+
+def gather_flags(x: torch.Tensor) -> torch.Tensor:
+    return gather_with_grad(x.float()) > 0.5
+
+
+def mined_negatives(model: nn.Module, batch: dict[str, Any]) -> MinedEmbeddings | None:
+    """The batch's mined negatives (``neg_image`` / ``neg_text``, see ``train.data.PairCollator``), embedded and gathered."""
+    if "neg_image" not in batch and "neg_text" not in batch:
         return None
-    ni = gather_with_grad(model.image_embeddings(batch["neg_image"]))
-    nl = gather_with_grad(batch["neg_labels"].to(ni.device).float()).long()
-    return ni, nl
+    m = MinedEmbeddings()
+    if "neg_image" in batch:
+        m.image = gather_with_grad(model.image_embeddings(batch["neg_image"]))
+        m.image_valid = gather_flags(batch["neg_image_valid"].to(m.image.device))
+    if "neg_text" in batch:
+        m.text = gather_with_grad(model.text_embeddings(batch["neg_text"]))
+        m.text_valid = gather_flags(batch["neg_text_valid"].to(m.text.device))
+    return m
+
+
+def row_scores(anchor: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """(n,) similarity of each row's anchor with that row's own mined negative."""
+    return (anchor * negative).sum(dim=-1)
 
 
 def symmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,24 +113,32 @@ class InfoNCELoss(nn.Module):
         own = getattr(getattr(self.model, "backbone", None), "trainable_logit_scale", None)
         return (own if own is not None else self.log_scale).exp().clamp(max=self.max_scale)
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        t, i, labels = embed_pair(self.model, batch)
-        mined = mined_negatives(self.model, batch)
-        if mined is None:
-            return self.loss_from_embeddings(t, i, labels)
-        # mined negative images are extra columns of the text->image softmax (never one of the row's own images)
-        ni, nl = mined
-        scale = self._scale()
-        extra = (scale * t @ ni.T).masked_fill(nl[None, :] == labels[:, None], float("-inf"))
-        logits = scale * t @ i.T
-        same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
-        t2i = torch.cat([logits.masked_fill(same, float("-inf")), extra], dim=1)
-        target = torch.arange(len(t), device=t.device)
-        return 0.5 * (F.cross_entropy(t2i, target) + F.cross_entropy(logits.masked_fill(same, float("-inf")).T, target))
+    accepts_mined = True  # uses mined hard negatives (xmodal train --hard-negatives)
 
-    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss of (global) text and image embeddings; used directly by the cached-gradient driver."""
-        return symmetric_cross_entropy(self._scale() * t @ i.T, labels)
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.loss_from_embeddings(*embed_pair(self.model, batch), mined=mined_negatives(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor,
+                             mined: MinedEmbeddings | None = None) -> torch.Tensor:
+        """The loss of (global) text and image embeddings; used directly by the cached-gradient driver.
+
+        A row's mined negative image is one more column of its text->image softmax, its image's mined negative
+        caption one more column of the image->text softmax.
+        """
+        scale = self._scale()
+        if mined is None:
+            return symmetric_cross_entropy(scale * t @ i.T, labels)
+        same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+        logits = (scale * t @ i.T).masked_fill(same, float("-inf"))
+        t2i, i2t = logits, logits.T
+        if mined.image is not None:
+            extra = (scale * row_scores(t, mined.image)).masked_fill(~mined.image_valid, float("-inf"))
+            t2i = torch.cat([t2i, extra[:, None]], dim=1)
+        if mined.text is not None:
+            extra = (scale * row_scores(i, mined.text)).masked_fill(~mined.text_valid, float("-inf"))
+            i2t = torch.cat([i2t, extra[:, None]], dim=1)
+        target = torch.arange(len(t), device=t.device)
+        return 0.5 * (F.cross_entropy(t2i, target) + F.cross_entropy(i2t, target))
 
 
 class SigLIPLoss(nn.Module):
@@ -111,13 +150,23 @@ class SigLIPLoss(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.bias = nn.Parameter(torch.tensor(init_bias))
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.loss_from_embeddings(*embed_pair(self.model, batch))
+    accepts_mined = True
 
-    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.loss_from_embeddings(*embed_pair(self.model, batch), mined=mined_negatives(self.model, batch))
+
+    def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor,
+                             mined: MinedEmbeddings | None = None) -> torch.Tensor:
+        """Mined negatives add one negative pair per row and direction: (text j, its mined image), (image j, its mined caption)."""
         logits = self.log_scale.exp() * t @ i.T + self.bias
         sign = 2.0 * (labels[:, None] == labels[None, :]).float() - 1.0
-        return -F.logsigmoid(sign * logits).sum() / len(t)
+        total = -F.logsigmoid(sign * logits).sum()
+        for anchor, neg, valid in ((t, getattr(mined, "image", None), getattr(mined, "image_valid", None)),
+                                   (i, getattr(mined, "text", None), getattr(mined, "text_valid", None))):
+            if neg is not None:
+                z = self.log_scale.exp() * row_scores(anchor, neg) + self.bias
+                total = total - (F.logsigmoid(-z) * valid).sum()
+        return total / len(t)
 
 
 class VSEPPLoss(nn.Module):
@@ -139,17 +188,22 @@ class VSEPPLoss(nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_from_embeddings(*embed_pair(self.model, batch), mined=mined_negatives(self.model, batch))
 
+    accepts_mined = True
+
     def loss_from_embeddings(self, t: torch.Tensor, i: torch.Tensor, labels: torch.Tensor,
-                             mined: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                             mined: MinedEmbeddings | None = None) -> torch.Tensor:
         s = t @ i.T
         pos = s.diag()
         negatives = labels[:, None] != labels[None, :]
         cost_t2i = (self.margin + s - pos[:, None]).clamp(min=0) * negatives  # text as anchor, wrong images
-        if mined is not None:  # mined negative images: extra candidates for each text's hardest wrong image
-            ni, nl = mined
-            extra = (self.margin + t @ ni.T - pos[:, None]).clamp(min=0) * (labels[:, None] != nl[None, :])
-            cost_t2i = torch.cat([cost_t2i, extra], dim=1)
         cost_i2t = (self.margin + s - pos[None, :]).clamp(min=0) * negatives  # image as anchor, wrong texts
+        # mined negatives: one more candidate per row for the hardest wrong image / caption
+        if mined is not None and mined.image is not None:
+            extra = (self.margin + row_scores(t, mined.image) - pos).clamp(min=0) * mined.image_valid
+            cost_t2i = torch.cat([cost_t2i, extra[:, None]], dim=1)
+        if mined is not None and mined.text is not None:
+            extra = (self.margin + row_scores(i, mined.text) - pos).clamp(min=0) * mined.text_valid
+            cost_i2t = torch.cat([cost_i2t, extra[None, :]], dim=0)
         warming_up = self.training and int(self.batches_seen) < self.warmup_steps
         if self.training:
             self.batches_seen += 1

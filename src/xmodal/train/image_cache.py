@@ -196,5 +196,13 @@ class Augment:
             ops.append(v2.RandomHorizontalFlip())
         self.spec, self.transform = spec, v2.Compose(ops)
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return self.transform(img)
+    def __call__(self, img: Image.Image, seed: int | None = None) -> Image.Image:
+        """Augment ``img``; with ``seed`` the draw depends on it alone (not on the global RNG or the process),
+        which keeps training with DataLoader workers reproducible and a resumed run exact."""
+        if seed is None:
+            return self.transform(img)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: isolate it
+            torch.manual_seed(seed)
+            return self.transform(img)

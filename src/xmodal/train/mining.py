@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ from ..data.types import ImageTextDataset
 from ..errors import InvalidInputError
 
 FORMAT = 1
+
+
+@dataclass
+class MinedNegatives:
+    """What ``read_negatives`` gives the trainer: both directions of a mined file.
+
+    ``t2i``: caption index -> negative image ids (hardest first); ``i2t``: image id -> negative caption indices.
+    Neither ever holds a positive (see ``positives``).
+    """
+
+    t2i: dict[int, list[str]] = field(default_factory=dict)
+    i2t: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _norm(text: str) -> str:
@@ -90,8 +103,8 @@ def write_negatives(path: str | Path, mined: dict[str, Any], dataset: ImageTextD
     return path
 
 
-def read_negatives(path: str | Path, dataset: ImageTextDataset) -> dict[int, list[str]]:
-    """Caption index -> mined negative image ids, refused if mined for other captions."""
+def read_negatives(path: str | Path, dataset: ImageTextDataset) -> MinedNegatives:
+    """Both directions of a mined file (caption -> images, image -> captions), refused if mined for other captions."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -100,4 +113,5 @@ def read_negatives(path: str | Path, dataset: ImageTextDataset) -> dict[int, lis
     if doc.get("dataset") != dataset_signature(dataset):
         raise InvalidInputError(f"hard negatives '{path}' were mined for another dataset or split; run "
                                 "`xmodal mine-negatives` again for this one.")
-    return {int(q): v for q, v in doc["t2i"].items()}
+    return MinedNegatives(t2i={int(q): v for q, v in doc["t2i"].items()},
+                          i2t={iid: [int(j) for j in v] for iid, v in doc.get("i2t", {}).items()})

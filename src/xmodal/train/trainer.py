@@ -119,12 +119,13 @@ class Trainer:
         train_data: pairs to train on.
         evaluator: called as ``evaluator(model) -> dict``; ``evaluator.primary_metric`` picks the best model.
         save_model: how to save the model for the best/last checkpoints (default ``model.save(dir)``).
+        hard_negatives: ``xmodal.train.mining.read_negatives(...)``: mined negatives for every caption and image.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, train_data: ImageTextDataset, config: TrainConfig | None = None,
                  evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
                  save_model: Callable[[nn.Module, Path], Any] | None = None,
-                 hard_negatives: dict[int, list[str]] | None = None, device: Any = None, dtype: Any = None) -> None:
+                 hard_negatives: Any = None, device: Any = None, dtype: Any = None) -> None:
         from ..runtime import move_model, resolve_dtype
 
         # device: where to train (None: where the model is); dtype: the autocast precision, i.e. the same
@@ -148,7 +149,11 @@ class Trainer:
         no_decay = [p for p in params if p.ndim < 2]  # biases, norms, temperature: no weight decay
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr)
-        # hard_negatives: caption index -> mined negative image ids (train.mining); one per caption joins each batch
+        # hard_negatives: train.mining.MinedNegatives (or caption index -> image ids); each caption brings one mined
+        # negative image and its image one mined negative caption into the batch
+        if hard_negatives is not None and not getattr(loss, "accepts_mined", False):
+            raise InvalidInputError(f"{type(loss).__name__} does not use mined hard negatives (infonce, siglip, vsepp, itm "
+                                    "and joint do); drop --hard-negatives or choose one of those losses.")
         self.pairs = PairDataset(train_data, seed=self.config.seed, hard_negatives=hard_negatives)
         self.num_workers = resolve_workers(self.config.num_workers)
         self.augment = self._augment()
@@ -158,8 +163,6 @@ class Trainer:
         self.cached = mb is not None and mb < self.config.batch_size
         if self.cached and not supports_cached(loss):
             cached_backward(loss, {}, mb)  # raises the clear error
-        if self.cached and hard_negatives is not None:
-            raise InvalidInputError("mined hard negatives are not supported with --micro-batch yet; use one or the other.")
         self.steps_per_epoch = max(1, (len(self.pairs) // self.world) // (self.config.batch_size * self.config.grad_accum))
         self.total_steps = self.config.max_steps or self.steps_per_epoch * self.config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
