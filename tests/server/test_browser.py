@@ -11,11 +11,29 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (scripts/setup.sh installs it)")
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason="Debian chromium is not installed (scripts/setup.sh installs it)")
+
+
+@needs_chromium
 def test_search_page_shows_results(served, tmp_path):
+    drive(served["base"], Path(os.environ.get("XMODAL_SCREENSHOT", tmp_path / "search_page.png")))
+
+
+@needs_chromium
+def test_search_page_with_an_api_key(served, serve_app, tmp_path):
+    """Issue 17: with --api-key the page asks for the key once and sends it (searches and result images)."""
+    from xmodal.server import create_app
+
+    key = "page-key-0123456789"
+    app = create_app(served["root"] / "idx", reranker=str(served["root"] / "joint"), api_keys=[key])
+    with serve_app(app) as base:
+        drive(base, tmp_path / "keyed.png", key=key)
+
+
+def drive(base: str, shot: Path, key: str | None = None) -> None:
     from playwright.sync_api import sync_playwright
 
-    shot = Path(os.environ.get("XMODAL_SCREENSHOT", tmp_path / "search_page.png"))
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -25,7 +43,12 @@ def test_search_page_shows_results(served, tmp_path):
         page = browser.new_page(viewport={"width": 1100, "height": 700})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(served["base"] + "/")
+        page.goto(base + "/")
+        if key is not None:
+            page.wait_for_selector("#key-form:not([hidden])")
+            assert "needs an API key" in page.text_content("#info")
+            page.fill("#api-key", key)
+            page.click("#key-save")
         page.wait_for_function("document.getElementById('info').textContent.includes('items')")
         assert "8 items" in page.text_content("#info")
         page.fill("#query", "a red circle")

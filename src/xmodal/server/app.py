@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,7 +113,8 @@ class Served:
 def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any = None, reranker: Any = None,
                max_k: int = 100, max_depth: int = 500, max_upload_bytes: int | None = None, max_text_chars: int = 1000,
                default_depth: int = 50, limits: ServerLimits | None = None, allowed_hosts: Any = None,
-               device: Any = None, dtype: Any = None, max_batch: int = 32, max_wait_ms: float = 2.0) -> Any:
+               device: Any = None, dtype: Any = None, max_batch: int = 32, max_wait_ms: float = 2.0,
+               api_keys: Sequence[str] | None = None, cors_origins: Sequence[str] | None = None) -> Any:
     """Build the app for index folder(s) made by ``xmodal index``.
 
     Args:
@@ -127,6 +128,9 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
             loaded there; loaded models are moved); None keeps the defaults / the model's own placement.
         max_batch, max_wait_ms: dynamic batching: at most ``max_batch`` concurrent requests share one model
             call, the first waiting at most ``max_wait_ms`` for others; ``max_batch=1`` turns it off.
+        api_keys: when given, every endpoint but /health, the page, its static files and the API docs needs
+            one of these keys (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; see ``server.auth``).
+        cors_origins: web origins whose pages may call the API (CORS headers; ``*`` for any).
     """
     if device is not None or dtype is not None:  # bad values fail here, before the server starts
         from ..runtime import resolve_device, resolve_dtype
@@ -173,12 +177,14 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
                 retriever = col.retriever(model=enc.wrapped if enc is not None else model, reranker=rr,
                                           depth=default_depth, device=device, dtype=dtype)
                 if key not in workers:
-                    workers[key] = ModelWorker(max_batch, max_wait_ms, name=f"xmodal-model-{name}")
+                    workers[key] = ModelWorker(max_batch, max_wait_ms, name=f"xmodal-model-{name}",
+                                               on_batch=metrics.on_batch(name))
                     encoders[key] = BatchedEncoder(retriever.encoder, workers[key])
                 retriever.encoder = encoders[key]
                 if retriever.reranker is not None:
                     retriever.reranker = BatchedScorer(retriever.reranker, workers[key])
                 served[name] = Served(name, col, retriever, workers[key])
+                metrics.watch(name, lambda w=workers[key]: w.depth, col.__len__)
                 folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
             yield
         finally:
@@ -188,9 +194,25 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
 
     app = FastAPI(title="xmodal", description="Cross-modal search over xmodal indexes. Errors are "
                   "{\"error\": message} with a 4xx status.", lifespan=lifespan, default_response_class=SafeJSONResponse)
+    from .metrics import Metrics, ObservabilityMiddleware
+
+    metrics = Metrics()
     app.state.limits = limits
     app.state.served = served
+    app.state.metrics = metrics
+    if api_keys:
+        from .auth import APIKeyGuard, check_keys
+
+        app.add_middleware(APIKeyGuard, keys=check_keys(api_keys))
+    if cors_origins:
+        limits.cors_origins = tuple(cors_origins)
     app.add_middleware(RequestGuard, limits=limits)
+    if cors_origins:  # outside the key check: preflights carry no key, and 401s must be readable by the page
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, fastapi_app=app)  # outermost: sees every answer
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -470,6 +492,12 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
 
     app.get("/info", summary="The served model and index", **info_doc)(info_default)
     app.get("/indexes/{name}/info", summary="One served index", **info_doc)(info)
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def prometheus_metrics() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -41,6 +41,8 @@ class ServerLimits:
             (enough for the model's input); None keeps full resolution.
         allowed_hosts: ``Host`` header values (without port) accepted; ``"*"`` accepts any.
         header_timeout: seconds a connection may take to send its request headers.
+        cors_origins: web origins (``https://app.example``) allowed to call the API from their pages (CORS);
+            their cross-site posts are not refused.
     """
 
     max_json_bytes: int = 1024 * 1024
@@ -52,6 +54,7 @@ class ServerLimits:
     image_min_side: int | None = 448
     allowed_hosts: tuple[str, ...] = field(default=LOCAL_HOSTS)
     header_timeout: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     def body_limit(self, path: str, content_type: str) -> int | None:
         """The most bytes a body of this type may have on this path; None: the type is not accepted."""
@@ -99,6 +102,7 @@ class RequestGuard:
     def __init__(self, app: Any, limits: ServerLimits) -> None:
         self.app, self.limits = app, limits
         self.hosts = {h.lower() for h in limits.allowed_hosts}
+        self.origins = {o.rstrip("/").lower() for o in limits.cors_origins}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -113,7 +117,7 @@ class RequestGuard:
         limit = self.limits.body_limit(scope["path"], ctype)
         if limit is None:
             return await _reply(send, 415, "send the body as application/json or multipart/form-data.")
-        if _cross_site(scope, host):
+        if _cross_site(scope, host) and (_header(scope, b"origin") or "").rstrip("/").lower() not in self.origins:
             return await _reply(send, 403, "cross-site requests are refused.")
         length = _header(scope, b"content-length")
         if length is not None:

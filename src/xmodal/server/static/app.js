@@ -1,9 +1,32 @@
 // xmodal search page: plain JS, no external resources (works offline).
 const $ = (id) => document.getElementById(id);
 
+// API key (server started with --api-key): asked for once, kept in this browser, sent as X-API-Key.
+const apiKey = () => localStorage.getItem("xmodal-api-key") || "";
+async function api(url, opts = {}) {
+  const headers = new Headers(opts.headers || {});
+  if (apiKey()) headers.set("X-API-Key", apiKey());
+  const resp = await fetch(url, { ...opts, headers });
+  if (resp.status === 401) $("key-form").hidden = false;
+  return resp;
+}
+// images need the key too, so they are fetched and shown from blob: URLs
+async function showImage(img, url) {
+  const resp = await api(url);
+  if (resp.ok) img.src = URL.createObjectURL(await resp.blob());
+}
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem("xmodal-api-key", $("api-key").value.trim());
+  $("key-form").hidden = true;
+  loadInfo();
+});
+
 async function loadInfo() {
   try {
-    const info = await (await fetch("/info")).json();
+    const resp = await api("/info");
+    if (resp.status === 401) { $("info").textContent = "this server needs an API key"; return; }
+    const info = await resp.json();
     $("info").textContent = `${info.items} items · model ${info.model} · engine ${info.engine}`;
     if (!info.rerank) { $("rerank").disabled = true; $("rerank-label").title = "start the server with --rerank MODEL"; }
   } catch (e) { $("info").textContent = "server not reachable"; }
@@ -13,13 +36,18 @@ function card(hit, rank) {
   const div = document.createElement("div");
   div.className = "card";
   const img = document.createElement("img");
-  img.src = hit.thumbnail; img.alt = hit.id; img.loading = "lazy";
+  img.alt = hit.id; showImage(img, hit.thumbnail);
   const score = document.createElement("div");
   score.className = "score"; score.textContent = `#${rank} · ${hit.score.toFixed(3)}`;
   const id = document.createElement("div");
   id.className = "id"; id.textContent = hit.id;
   const link = document.createElement("a");
-  link.href = hit.url; link.target = "_blank"; link.appendChild(img);
+  link.href = hit.url; link.appendChild(img);
+  link.addEventListener("click", async (e) => {  // open the full image (fetched with the key)
+    e.preventDefault();
+    const resp = await api(hit.url);
+    if (resp.ok) window.open(URL.createObjectURL(await resp.blob()), "_blank");
+  });
   div.append(link, score, id);
   return div;
 }
@@ -38,7 +66,7 @@ async function search(event) {
   $("status").textContent = "searching…";
   const t0 = performance.now();
   try {
-    const resp = await fetch("/search", { method: "POST", body: form });
+    const resp = await api("/search", { method: "POST", body: form });
     const body = await resp.json();
     if (!resp.ok) { $("error").textContent = body.error || `error ${resp.status}`; $("status").textContent = ""; return; }
     const results = $("results");
