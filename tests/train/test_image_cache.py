@@ -4,6 +4,7 @@ augmentation, worker processes and the throughput entries in the history."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_cache_hit_gives_identical_tensors_and_survives_a_new_cache_object(tmp_p
 
 def test_cache_is_invalidated_when_the_file_changes_or_the_settings_differ(tmp_path):
     paths = photo_folder(tmp_path, n=3)
-    cache = ImageCache(tmp_path / "cache", ImagePrep(30))
+    cache = ImageCache(tmp_path / "cache", ImagePrep(30), compact_at=1.0)  # no compaction: unchanged slots are reused
     slots = cache.ensure([str(p) for p in paths])
     old = cache[slots[1]].copy()
     Image.new("RGB", (50, 40), (200, 10, 10)).save(paths[1])  # same name, new content
@@ -94,3 +95,62 @@ def test_training_with_workers_cache_and_augmentation_logs_throughput(tmp_path):
     logged = [h for h in state.history if "samples_per_s" in h]
     assert len(logged) == 2 and all(h["samples_per_s"] > 0 and 0 <= h["data_wait"] <= 1 for h in logged)
     assert len(list((tmp_path / "cache").glob("30px-*/pixels.u8"))) == 1
+
+
+def pixel_records(cache):
+    return (cache.folder / cache.pixels).stat().st_size // cache.item_bytes
+
+
+def test_stale_entries_are_compacted_away_when_they_pass_a_quarter(tmp_path):
+    paths = [str(p) for p in photo_folder(tmp_path, n=8)]
+    cache = ImageCache(tmp_path / "cache", ImagePrep(30))
+    cache.ensure(paths)
+    Image.new("RGB", (40, 40), (0, 200, 0)).save(paths[0])  # 1 stale of 8 (12 %): kept, the file grows
+    cache.ensure(paths)
+    assert pixel_records(cache) == 9 and cache.pixels == "pixels.u8"
+    for p in paths[1:3]:  # 3 stale of 11 (27 %): compacted on the next fill
+        Image.new("RGB", (40, 40), (0, 0, 200)).save(p)
+    slots = cache.ensure(paths)
+    assert pixel_records(cache) == 8 and sorted(slots) == list(range(8))
+    assert not (cache.folder / "pixels.u8").exists()  # the old file is gone: the space is back
+    fresh = ImageCache(tmp_path / "fresh", ImagePrep(30))
+    want = fresh.ensure(paths)
+    reopened = ImageCache(tmp_path / "cache", ImagePrep(30))  # a later run reads the compacted index
+    assert reopened.ensure(paths) == slots
+    for a, b in zip(slots, want):
+        assert np.array_equal(reopened[a], fresh[b]) and np.array_equal(cache[a], fresh[b])
+
+
+def test_cache_max_gb_evicts_what_this_run_does_not_need(tmp_path):
+    paths = [str(p) for p in photo_folder(tmp_path, n=8)]
+    item = 30 * 30 * 3
+    cache = ImageCache(tmp_path / "cache", ImagePrep(30), max_bytes=6 * item)
+    cache.ensure(paths[:4])  # run A
+    slots = cache.ensure(paths[4:])  # run B: 4 more would make 8 > 6 records; 2 of A's (the oldest) go
+    assert pixel_records(cache) == 6
+    fresh = ImageCache(tmp_path / "fresh", ImagePrep(30))
+    for a, b in zip(slots, fresh.ensure(paths[4:])):
+        assert np.array_equal(cache[a], fresh[b])
+    kept = " ".join(ImageCache(tmp_path / "cache", ImagePrep(30))._read_index())
+    in_cache = [str(Path(p).resolve()) + ":" in kept for p in paths]
+    assert in_cache == [False, False, True, True, True, True, True, True]  # A's two oldest were evicted
+    small = ImageCache(tmp_path / "small", ImagePrep(30), max_bytes=3 * item)
+    small.ensure(paths[:2])
+    with pytest.raises(InvalidInputError, match="more than --cache-max-gb"):  # one run needing more than the bound
+        small.ensure(paths)
+
+
+def test_no_compaction_while_another_run_has_the_cache_open(tmp_path):
+    paths = [str(p) for p in photo_folder(tmp_path, n=4)]
+    reader = ImageCache(tmp_path / "cache", ImagePrep(30))
+    slots = reader.ensure(paths)
+    before = reader[slots[3]].copy()
+    for p in paths[:2]:
+        Image.new("RGB", (40, 40), (0, 0, 200)).save(p)  # 50 % stale
+    writer = ImageCache(tmp_path / "cache", ImagePrep(30))
+    writer.ensure(paths)
+    assert pixel_records(writer) == 6  # the reader's slots stay valid: nothing moved
+    assert np.array_equal(reader[slots[3]], before)
+    reader.close()
+    writer.ensure(paths)
+    assert pixel_records(writer) == 4  # alone now: compacted

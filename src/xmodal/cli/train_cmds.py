@@ -62,6 +62,8 @@ def train(
     num_workers: int = typer.Option(-1, "--num-workers", help="Image-decoding processes (-1: one per spare core, at most 4)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Preprocessed image cache (memory-mapped), "
                                              "reused across epochs and runs."),
+    cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", help="Bound the image cache: images this run "
+                                                 "does not need are evicted, oldest first."),
     augment: Optional[str] = typer.Option(None, help="crop | flip | crop,flip (for vision towers trained from scratch)."),
     unlock_last: int = typer.Option(0, "--unlock-last", help="With --freeze: train the locked tower's last N layers."),
     hard_negatives: Optional[Path] = typer.Option(None, "--hard-negatives", help="Mined negatives from `xmodal mine-negatives`."),
@@ -74,7 +76,7 @@ def train(
                     embed_dim=embed_dim, image_size=image_size, pooling=pooling, epochs=epochs, max_steps=max_steps,
                     batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
                     eval_every=eval_every, checkpoint_every=checkpoint_every, freeze=freeze, amp=amp,
-                    micro_batch=micro_batch, num_workers=num_workers, cache_dir=cache_dir, augment=augment,
+                    micro_batch=micro_batch, num_workers=num_workers, cache_dir=cache_dir, cache_max_gb=cache_max_gb, augment=augment,
                     unlock_last=unlock_last)
     typer.echo(run.summary())
     if run.last_eval:

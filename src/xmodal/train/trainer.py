@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader processes decoding images; -1 = auto (cores - 1, at most 4)
     cache_dir: str | None = None  # preprocessed uint8 image cache (memory-mapped), reused across epochs and runs
+    cache_max_gb: float | None = None  # bound on the cache's pixel file: images this run does not need are evicted
     augment: str | None = None  # "crop", "flip" or "crop,flip" (random resized crop / horizontal flip)
     log_every: int = 10
 
@@ -210,7 +211,10 @@ class Trainer:
         size = model_image_size(self.model.backbone)
         if size is None or hasattr(self.model.backbone, "features"):
             raise InvalidInputError("--cache-dir caches decoded pixels; this model reads region features, not images.")
-        cache = ImageCache(self.config.cache_dir, ImagePrep(size))
+        gb = self.config.cache_max_gb
+        if gb is not None and gb <= 0:
+            raise InvalidInputError(f"--cache-max-gb must be positive; got {gb}.")
+        cache = ImageCache(self.config.cache_dir, ImagePrep(size), max_bytes=None if gb is None else int(gb * 1e9))
         sources = list(self.train_data.images.values())
         if self.rank == 0:
             cache.ensure(sources, num_workers=self.num_workers, show_progress=show_progress)
