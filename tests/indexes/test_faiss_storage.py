@@ -44,11 +44,12 @@ def test_mmap_load_gives_identical_results_and_can_still_change(name, tmp_path):
     assert mapped._ids_list is None and mapped._label_map is None and mapped._meta_map is None
     assert len(mapped) == 1950 and mapped.metadata("img/60.png") == {"path": "img/60.png", "n": 60}
     assert "img/3.png" not in mapped and "img/70.png" in mapped
-    # a change reads the mapped file into memory first; results then match the same change in memory
+    # a change leaves the mapped base as it is (adds go to the delta, removals are tombstones, #20);
+    # results match the same change in memory
     for other in (mapped, index):
         other.add([f"new/{j}" for j in range(100)], x[2000:])
         other.remove(ids[50:60])
-    assert mapped._mmap_path is None
+    assert mapped._mmap_path is not None and len(mapped._delta) == 100
     q = x[1990:2060]
     assert mapped.search(q, 10)[1].tolist() == index.search(q, 10)[1].tolist()
     mapped.save(tmp_path / "idx")  # saving over the folder it was mapped from

@@ -21,6 +21,7 @@ from .recall import Tuning, exact_topk, recall_at_k
 from .filtered import search_masked
 from .filters import parse_filter
 from .metadata_store import MetadataStore
+from . import segments as _segments
 
 try:
     import faiss
@@ -110,6 +111,11 @@ class FaissIndex:
         self.tuning: Tuning | None = Tuning.from_dict(tuning)  # measured recall of the current search params
         self._store: MetadataStore | None = None  # columnar metadata for where= filters (built/loaded lazily)
         self._store_path: str | None = None  # metadata.parquet of a loaded index
+        # Items added after the saved base (segments.Delta, searched beside it) and what the folder holds:
+        # a small update's save appends a segment instead of rewriting the index (indexes/segments.py).
+        self._delta: _segments.Delta | None = None
+        self._saved: _segments.SavedState | None = None
+        self.segment_policy = _segments.SegmentPolicy()
 
     # ------------------------------------------------------------------ id columns
     @property
@@ -197,7 +203,7 @@ class FaissIndex:
         # IVF cannot either, behind IndexIDMap2: IVF keeps the sequential ids it gave at add time, so
         # after remove_ids the wrapper's position -> label map no longer matched (wrong ids, IndexError)
         # and later adds reused live ids. Masking keeps labels and positions in step.
-        return self.kind in ("hnsw", "ivfpq")
+        return self.kind in ("hnsw", "ivfpq") or self._delta is not None  # with a delta: tombstones (segments)
 
     def _ivf(self) -> Any:
         inner = faiss.downcast_index(self._index.index)
@@ -226,12 +232,15 @@ class FaissIndex:
             raise InvalidInputError(f"got {len(metadata)} metadata records for {len(ids)} ids.")
         if not ids:
             return
-        self._writable()
         if self._index is None:
             self._index = self._new_faiss_index(vecs)
         start = len(self._ids)
         labels = np.arange(start, start + len(ids), dtype=np.int64)
-        self._index.add_with_ids(vecs, labels)
+        if self._delta is not None:  # after a save/load: the saved base stays as it is (and mapped)
+            self._delta.add(labels, vecs)
+        else:
+            self._writable()
+            self._index.add_with_ids(vecs, labels)
         self._ids.extend(ids)
         label, meta = self._label, self._meta
         for j, i in enumerate(ids):
@@ -248,7 +257,6 @@ class FaissIndex:
         labels = [self._label.pop(str(i)) for i in ids if str(i) in self._label]
         if not labels:
             return 0
-        self._writable()
         self._n_live -= len(labels)
         for lab in labels:
             self._meta.pop(self._ids[lab], None)
@@ -257,6 +265,7 @@ class FaissIndex:
         if self._masks_removed:
             self._removed.update(labels)
         else:
+            self._writable()
             self._index.remove_ids(faiss.IDSelectorBatch(arr))
         self._ids_arr = self._pos_ids = None
         return len(labels)
@@ -286,6 +295,8 @@ class FaissIndex:
             raise InvalidInputError(f"unknown ids: {missing[:5]}")
         for i, m in zip(item_ids, metadata):
             self._meta[i] = dict(m)
+        if self._saved is not None:
+            self._saved.meta_changed = True  # saved records changed: the next save writes a full base
         if self._store is not None or self._store_path is not None:
             self.metadata_store().replace(metadata, [self._label[i] for i in item_ids])
 
@@ -314,7 +325,9 @@ class FaissIndex:
         missing = [i for i in item_ids if i not in self._label]
         if missing:
             raise InvalidInputError(f"unknown ids: {missing[:5]}")
-        return np.stack([self._index.reconstruct(int(self._label[i])) for i in item_ids]).astype(np.float32)
+        d = self._delta
+        return np.stack([d.index.reconstruct(lab) if d is not None and lab >= d.start else self._index.reconstruct(lab)
+                         for lab in (int(self._label[i]) for i in item_ids)]).astype(np.float32)
 
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None,
                           k_factor: int | None = None) -> None:
@@ -344,7 +357,17 @@ class FaissIndex:
         return self._pos_ids
 
     def _search_labels(self, q: np.ndarray, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS scores and int64 labels (-1: no result) of the top-``k`` per query row."""
+        """FAISS scores and int64 labels (-1: no result) of the top-``k`` per query row (base + delta)."""
+        found = self._search_base(q, k, filter)
+        if self._delta is None or not len(self._delta):
+            return found
+        mask = None
+        if filter is not None:
+            mask = np.zeros(self._n_labels(), dtype=bool)
+            mask[[self._label[i] for i in filter if i in self._label]] = True
+        return _segments.merge(found, self._delta.search(q, k, self._removed, mask), k, self.metric)
+
+    def _search_base(self, q: np.ndarray, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         params = self._search_params(filter)
         if params is None:
             # Search the wrapped index and map positions to labels here, as IndexIDMap2 would: its own
@@ -380,6 +403,9 @@ class FaissIndex:
                 allowed[[self._label[i] for i in filter if i in self._label]] = True
                 mask &= allowed
             scores, labels = search_masked(self, q, k, mask)
+            if self._delta is not None and len(self._delta):
+                scores, labels = _segments.merge((scores, labels), self._delta.search(q, k, self._removed, mask), k,
+                                                 self.metric)
         ids = self._ids_of(labels)
         missing = labels < 0
         if missing.any():
@@ -403,6 +429,10 @@ class FaissIndex:
                 keep = ~np.isin(lab, removed)
                 lab, vecs = lab[keep], vecs[keep]
             yield lab, vecs
+        if self._delta is not None and len(self._delta):
+            lab, vecs = self._delta.labels(), self._delta.vectors()
+            keep = ~np.isin(lab, removed) if removed is not None else slice(None)
+            yield lab[keep], vecs[keep]
 
     def _label_chunks(self, source: Callable[[], Iterable[tuple[Sequence[str], Any]]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for ids, vecs in source():
@@ -434,7 +464,10 @@ class FaissIndex:
         if self._index is None or len(self) == 0:
             raise InvalidInputError("cannot tune an empty index; add vectors first.")
         rng = np.random.default_rng(seed)
-        live = np.setdiff1d(self._labels_by_position()[:-1], np.fromiter(self._removed, dtype=np.int64))
+        stored = self._labels_by_position()[:-1]
+        if self._delta is not None:
+            stored = np.concatenate([stored, self._delta.labels()])
+        live = np.setdiff1d(stored, np.fromiter(self._removed, dtype=np.int64))
         qlab = np.sort(rng.choice(live, min(sample, len(live)), replace=False))
         exact_truth = source is not None or self.kind in ("flat", "hnsw") or self.params["refine"] == "flat"
         chunks = (lambda: self._label_chunks(source)) if source is not None else self._stored_chunks
@@ -553,13 +586,25 @@ class FaissIndex:
             return
         self.tune(target)
 
+    def _manifest_params(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params, "tuning": self.tuning.to_dict() if self.tuning else None}
+
+    def compact(self) -> None:
+        """Fold the items added since the last full save into the index (and drop removed ones where the
+        kind allows); the next ``save`` writes one full index. ``save`` does this itself when worthwhile."""
+        _segments.compact(self)
+
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: ``index.faiss``, ``ids.arrow`` (ids + metadata columns),
-        ``removed.npy``, then the manifest."""
+        ``removed.npy``, then the manifest. After a small update of the version in ``path``, only a new
+        segment, the tombstones and the manifest are written (``indexes/segments.py``)."""
         import pyarrow as pa
 
         path = Path(path)
         self._retune_if_stale()
+        if _segments.try_append(self, path):
+            return path
+        _segments.compact(self)
         with atomic_folder(path) as tmp:
             files = ["ids.arrow", "removed.npy"]
             if self._index is not None:
@@ -584,9 +629,10 @@ class FaissIndex:
                 count=len(self),
                 metric=self.metric,
                 model_id=self.model_id,
-                params={"kind": self.kind, **self.params, "tuning": self.tuning.to_dict() if self.tuning else None},
+                params=self._manifest_params(),
             )
             write_manifest(tmp, manifest, files)
+        _segments.after_full_save(self, path)
         return path
 
     @classmethod
@@ -612,6 +658,7 @@ class FaissIndex:
         check_compatible(m, path, model_id=model_id, dimension=dimension)
         params = dict(m.params)
         kind = params.pop("kind", "flat")
+        seg_info = {key: params.pop(key) for key in ("segments", "removed_base") if key in params}
         self = cls(m.dimension, kind=kind, metric=m.metric, model_id=m.model_id, **params)
         if "ids.arrow" in m.checksums:
             from ..errors import CorruptIndexError
@@ -652,6 +699,7 @@ class FaissIndex:
             if self._index is None:
                 self._index = faiss.read_index(stored)
             self._apply_search_params()
+        _segments.load_segments(self, m, path, seg_info)
         if len(self) != m.count:
             from ..errors import CorruptIndexError
 

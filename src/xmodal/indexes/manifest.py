@@ -23,7 +23,8 @@ from ..io import LOCK_NAME, STAGING_PREFIX
 from ..io import atomic_folder as _atomic_folder
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # written by default
+READ_FORMAT_VERSION = 2  # read up to: 2 = a FAISS index with segments (indexes/segments.py)
 
 
 @dataclass
@@ -232,10 +233,10 @@ def read_manifest(folder: str | Path, verify: bool | str = True) -> Manifest:
         manifest = Manifest.from_dict(json.loads(mpath.read_text()))
     except (ValueError, TypeError, AttributeError) as e:
         raise CorruptIndexError(f"the manifest of '{folder}' cannot be parsed ({e}).") from e
-    if manifest.format_version > FORMAT_VERSION:
+    if manifest.format_version > READ_FORMAT_VERSION:
         raise IndexMismatchError(
             f"index '{folder}' has format version {manifest.format_version}; this xmodal reads up to "
-            f"{FORMAT_VERSION}. Upgrade xmodal."
+            f"{READ_FORMAT_VERSION}. Upgrade xmodal."
         )
     if verify:
         for name, digest in manifest.checksums.items():

@@ -1,0 +1,274 @@
+"""Append saves for ``FaissIndex``: a small update writes a segment, not the whole index (#20 item 1).
+
+A saved FAISS index is a *base* (``index.faiss``, ``ids.arrow``: the items at the last full save) plus
+zero or more *segments* listed in the manifest (``params["segments"]``): ``seg-<start>.npy`` (the
+float32 vectors of labels ``start .. start+count-1``, added after the base) and ``seg-<start>.arrow``
+(their ids and metadata); ``removed.npy`` lists every removed label (tombstones). Labels are positions:
+the base's ids table followed by each segment's is the label -> id column, so nothing is renumbered.
+
+In memory, items added after the base live in a ``Delta``: an exact (flat) FAISS index over their
+vectors, searched beside the base index and merged by score. The base stays as loaded (memory-mapped
+where FAISS allows) and removals are masks, so applying and saving an update costs in proportion to the
+update: ``save`` writes the new segment, the tombstone list and the manifest, and keeps every other
+file (their checksums and stats carried over, nothing re-read).
+
+Compaction (``compact``): the delta's vectors are added to the base index (flat: removed items dropped
+too), and the next save writes one new base. ``save`` compacts by itself when worthwhile
+(``SegmentPolicy``): when the delta outgrows a share of the base (an exact scan over it would cost
+more than it saves), when there are too many segments, or when many items were removed since the base.
+A save that finds the folder changed by someone else (another process saved there) writes a full base.
+
+Crash safety is the folder save's (``xmodal.io.atomic_folder``): new files under fresh names, the
+manifest renamed in last; a save killed at any point leaves the previous version loadable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CorruptIndexError, XmodalError
+from .manifest import Manifest, atomic_folder, read_manifest, write_manifest
+
+try:
+    import faiss
+except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
+    raise ImportError("FAISS segments need faiss: `pip install faiss-cpu`") from e
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .faiss_index import FaissIndex
+
+SEGMENTS_FORMAT_VERSION = 2  # manifests listing segments: an older xmodal refuses them ("upgrade xmodal")
+BASE_FILES = ("index.faiss", "ids.arrow")
+
+
+@dataclass
+class SegmentPolicy:
+    """When ``save`` appends a segment and when it compacts into a new base instead.
+
+    ``max_delta_fraction``: compact once the items added since the base exceed this share of the base
+    (they are searched exactly, beside the base index). ``max_segments``: compact beyond this many
+    segments. ``max_removed_fraction``: compact once the items removed since the base exceed this share
+    (flat drops them; HNSW/IVF-PQ keep masking them). ``append=False``: every save writes a full base.
+    """
+
+    append: bool = True
+    max_delta_fraction: float = 0.1
+    max_segments: int = 8
+    max_removed_fraction: float = 0.2
+
+
+@dataclass
+class SavedState:
+    """What the folder this index was loaded from (or last saved to) holds."""
+
+    path: str  # resolved folder
+    files: dict[str, str]  # the manifest's logical -> stored file map at that version
+    labels: int  # labels persisted (base + segments)
+    base: int  # labels in the base
+    removed_base: int  # tombstones at the last full save
+    segments: list[dict[str, int]] = field(default_factory=list)  # [{"start", "count"}]
+    meta_changed: bool = False  # metadata of persisted items changed since (update_metadata): next save is full
+
+
+class Delta:
+    """Items added after the base: labels ``start, start+1, ...`` and their float32 vectors, searched exactly."""
+
+    def __init__(self, dim: int, metric: str, start: int) -> None:
+        self.start, self.metric = start, metric
+        flat = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        self.index = faiss.IndexIDMap2(flat)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        if len(labels) and int(labels[0]) != self.start + len(self):
+            raise XmodalError("internal error: delta labels must follow each other.")
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(labels, dtype=np.int64))
+
+    def labels(self) -> np.ndarray:
+        return np.arange(self.start, self.start + len(self), dtype=np.int64)
+
+    def vectors(self, first: int = 0, count: int | None = None) -> np.ndarray:
+        """Vectors of delta rows ``first .. first+count-1`` (row = label - start)."""
+        count = len(self) - first if count is None else count
+        if count <= 0:
+            return np.zeros((0, self.index.d), dtype=np.float32)
+        return faiss.downcast_index(self.index.index).reconstruct_n(first, count)
+
+    def search(self, q: np.ndarray, k: int, removed: set[int],
+               label_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` (FAISS scores, labels) among live delta items (and those ``label_mask`` allows)."""
+        flat = faiss.downcast_index(self.index.index)
+        params, hold = None, None
+        if label_mask is not None or removed:
+            keep = np.ones(len(self), dtype=bool)
+            if label_mask is not None:
+                lab = self.labels()
+                inside = lab < len(label_mask)
+                keep &= inside
+                keep[inside] &= np.asarray(label_mask, dtype=bool)[lab[inside]]
+            if removed:
+                rem = np.fromiter(removed, dtype=np.int64)
+                rem = rem[rem >= self.start] - self.start
+                keep[rem[rem < len(self)]] = False
+            bits = np.packbits(keep, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits))
+            params, hold = faiss.SearchParameters(sel=sel), (sel, bits)
+        scores, pos = flat.search(q, k, params=params)  # positions: row = label - start
+        del hold
+        return scores, np.where(pos >= 0, pos + self.start, -1)
+
+
+def merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int,
+          metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of two (FAISS scores, labels) result sets; label -1 ranks last."""
+    scores = np.concatenate([a[0], b[0]], axis=1)
+    labels = np.concatenate([a[1], b[1]], axis=1)
+    key = -scores.astype(np.float64) if metric == "ip" else scores.astype(np.float64)
+    key[labels < 0] = np.inf
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
+
+
+# ------------------------------------------------------------------ saving
+def _n_labels(index: "FaissIndex") -> int:
+    return len(index._ids_list) if index._ids_list is not None else len(index._table)
+
+
+def compaction_due(index: "FaissIndex") -> bool:
+    st, delta, pol = index._saved, index._delta, index.segment_policy
+    if st is None or delta is None:
+        return True
+    new_segment = _n_labels(index) > st.labels
+    return (len(delta) > pol.max_delta_fraction * max(st.base, 1)
+            or len(st.segments) + new_segment > pol.max_segments
+            or len(index._removed) - st.removed_base > pol.max_removed_fraction * max(st.base, 1))
+
+
+def try_append(index: "FaissIndex", path: Path) -> bool:
+    """Save ``index`` into ``path`` as a new segment of the version it holds; False when a full save is needed."""
+    st = index._saved
+    if (not index.segment_policy.append or st is None or index._delta is None or st.meta_changed
+            or st.path != str(path.resolve())):
+        return False
+    try:
+        current = read_manifest(path, verify=False)
+    except XmodalError:
+        return False
+    if current.files != st.files or "ids.arrow" not in current.files or compaction_due(index):
+        return False  # another save changed the folder, an old-format base, or compaction is worthwhile
+    import pyarrow as pa
+
+    from .faiss_index import _id_column
+
+    n = _n_labels(index)
+    segments = [dict(s) for s in st.segments]
+    kept = [name for name in current.files if name in BASE_FILES or name.startswith("seg-")]
+    with atomic_folder(path) as tmp:
+        files = ["removed.npy"]
+        if n > st.labels:
+            start, count = st.labels, n - st.labels
+            np.save(tmp / f"seg-{start}.npy", index._delta.vectors(start - index._delta.start, count))
+            ids = index._ids[start:n]
+            meta = index._meta
+            table = pa.table({"id": _id_column(ids),
+                              "meta": pa.array([json.dumps(meta[i]) if i is not None and i in meta else None for i in ids],
+                                               type=pa.large_string())})
+            with pa.OSFile(str(tmp / f"seg-{start}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+            files += [f"seg-{start}.npy", f"seg-{start}.arrow"]
+            segments.append({"start": start, "count": count})
+        np.save(tmp / "removed.npy", np.array(sorted(index._removed), dtype=np.int64))
+        if index._store is not None or (index._meta_map and "metadata.parquet" not in current.files):
+            # the metadata columns (for where=) hold every item: rewritten, small beside the vectors
+            index.metadata_store().compacted(index._live_labels()).save(tmp / "metadata.parquet")
+            files.append("metadata.parquet")
+        elif "metadata.parquet" in current.files:
+            kept.append("metadata.parquet")
+        manifest = Manifest(engine=index.engine, dimension=index.dim, count=len(index), metric=index.metric,
+                            model_id=index.model_id, format_version=SEGMENTS_FORMAT_VERSION,
+                            params=index._manifest_params() | {"segments": segments, "removed_base": st.removed_base})
+        manifest.files = {name: current.files[name] for name in kept}
+        write_manifest(tmp, manifest, files, kept=current)
+    after = read_manifest(path, verify=False)
+    st.files, st.labels, st.segments = dict(after.files), n, segments
+    if "metadata.parquet" in after.files:
+        index._store_path = str(after.path(path, "metadata.parquet"))
+    return True
+
+
+def compact(index: "FaissIndex") -> None:
+    """Fold the delta into the base index (and, for flat, drop removed items); the next save writes a full base."""
+    delta = index._delta
+    if index._index is None:
+        return
+    if delta is not None and len(delta):
+        index._writable()
+        index._index.add_with_ids(delta.vectors(), delta.labels())
+    index._delta = None
+    if index.kind == "flat" and index._removed:  # flat can delete: no masks left after compaction
+        index._writable()
+        index._index.remove_ids(faiss.IDSelectorBatch(np.fromiter(index._removed, dtype=np.int64)))
+        index._removed = set()
+    index._ids_arr = index._pos_ids = None
+    index._apply_search_params()
+    if index._saved is not None:
+        index._saved = None  # the folder's segments no longer describe this index: the next save is full
+
+
+def after_full_save(index: "FaissIndex", path: Path) -> None:
+    """Remember what ``path`` now holds; later adds go to a delta so the next small save can append."""
+    m = read_manifest(path, verify=False)
+    n = _n_labels(index)
+    index._saved = SavedState(path=str(path.resolve()), files=dict(m.files), labels=n, base=n,
+                              removed_base=len(index._removed))
+    index._delta = Delta(index.dim, index.metric, n) if index._index is not None else None
+
+
+# ------------------------------------------------------------------ loading
+def load_segments(index: "FaissIndex", m: Manifest, path: Path, info: dict[str, Any]) -> None:
+    """After the base of a loaded index: attach its segments (ids table, delta vectors) and tombstones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    segments = list(info.get("segments") or [])
+    base = len(index._table) if index._table is not None else len(index._ids)
+    delta = Delta(index.dim, index.metric, base) if index._index is not None else None
+    tables = [index._table]
+    for seg in segments:
+        start, count = int(seg["start"]), int(seg["count"])
+        try:
+            vecs = np.load(m.path(path, f"seg-{start}.npy"))
+            t = pa.ipc.open_file(pa.memory_map(str(m.path(path, f"seg-{start}.arrow")))).read_all()
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise CorruptIndexError(f"index '{path}': segment seg-{start} is damaged ({e}). Rebuild the index.") from None
+        expect = base + sum(len(x) for x in tables[1:])
+        if start != expect or len(t) != count or vecs.shape != (count, index.dim) or delta is None:
+            raise CorruptIndexError(f"index '{path}': segment seg-{start} does not fit the index (start {start}, "
+                                    f"expected {expect}; {len(t)} ids, vectors {vecs.shape}). Rebuild the index.")
+        delta.add(np.arange(start, start + count, dtype=np.int64), vecs)
+        tables.append(t)
+    if "segments" in info and index._table is not None:  # an appended version: base ids may be tombstoned
+        kinds = {t.schema.field("id").type for t in tables}
+        if len(kinds) > 1:  # some ids needed bytes (non-UTF-8 names): read all as bytes
+            tables = [t.set_column(0, "id", t.column("id").cast(pa.large_binary())) for t in tables]
+        table = pa.concat_tables(tables)
+        if index._removed:  # ids of items removed after they were saved are nulled here, as a full save does
+            dead = np.zeros(len(table), dtype=bool)
+            rem = np.fromiter(index._removed, dtype=np.int64)
+            dead[rem[rem < len(table)]] = True
+            ids = pc.if_else(pa.array(dead), pa.scalar(None, table.column("id").type), table.column("id"))
+            table = table.set_column(0, "id", ids)
+        index._table = table
+        index._n_live = len(table) - table.column("id").null_count
+    n = _n_labels(index)
+    index._saved = SavedState(path=str(path.resolve()), files=dict(m.files), labels=n, base=base,
+                              removed_base=int(info.get("removed_base", len(index._removed))),
+                              segments=[dict(s) for s in segments])
+    index._delta = delta
