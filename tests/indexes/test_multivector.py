@@ -163,3 +163,96 @@ def test_add_is_amortised_not_a_full_copy():
     np.testing.assert_array_equal(index._packed, whole._packed)
     assert index.search(docs[:5], 3)[1].tolist() == whole.search(docs[:5], 3)[1].tolist()
     assert index.num_tokens == 1600 and len(index._doclens) == 400
+
+
+def _hard(n=300, d=32, n_centres=40, seed=1):
+    """Tokens around shared centres with noise as large as the centre (many near-ties, unlike ``corpus``)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((n_centres, d)))
+    docs = [unit(centres[rng.integers(0, n_centres, rng.integers(6, 14))] + rng.standard_normal((1, d)) / np.sqrt(d)
+                 * rng.standard_normal((1, 1))) for _ in range(n)]
+    docs = [unit(x + rng.standard_normal(x.shape) / np.sqrt(d)) for x in docs]
+    queries = [unit(docs[i][: 3] + rng.standard_normal((3, d)) / np.sqrt(d)) for i in rng.integers(0, n, 12)]
+    return docs, queries
+
+
+@pytest.mark.parametrize("nbits", [2, 4])
+def test_generous_pruning_settings_equal_exact_maxsim_on_decoded_vectors(nbits):
+    """Every document probed and re-scored: the staged search must give exactly the brute-force MaxSim ranking
+    of the decoded vectors (the candidate stages lose nothing; only the codec differs from the raw vectors)."""
+    docs, queries = _hard()
+    index = MultiVectorIndex(32, nbits=nbits, n_centroids=16, nprobe=16, ncandidates=300, ninteract=300)
+    index.add([str(i) for i in range(len(docs))], docs)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    decoded = [index.decompress(np.arange(offsets[i], offsets[i + 1])) for i in range(len(docs))]
+    ref = exact_maxsim_topk(queries, decoded, 10)
+    scores, ids = index.search(queries, 10)
+    assert [[int(x) for x in row] for row in ids] == ref.tolist()
+    want = np.array([[maxsim_numpy_reference(q, decoded[j]) for j in row] for q, row in zip(queries, ref)])
+    np.testing.assert_allclose(scores, want, atol=1e-4)
+
+
+def test_nprobe_and_centroid_threshold_prune_candidates():
+    docs, queries = _hard()
+    index = MultiVectorIndex(32, nbits=2, n_centroids=16, nprobe=16, ncandidates=300, ninteract=300)
+    index.add([str(i) for i in range(len(docs))], docs)
+    full = index.search(queries, 10)[1]
+    scores = index._centroid_scores(*pad(queries, 32))
+    qmask = pad(queries, 32)[1]
+    n_all = (index._candidates(scores, qmask, 10, None) >= 0).sum()
+    index.params.update(nprobe=2)  # fewer lists probed: fewer candidates (ninteract=300 caps nothing here)
+    narrow = (index._candidates(scores, qmask, 10, None) >= 0).sum()
+    index.params["centroid_threshold"] = 0.9  # only each token's best centroid survives
+    pruned = (index._candidates(scores, qmask, 10, None) >= 0).sum()
+    assert pruned < narrow < n_all
+    index.params.update(ncandidates=40, ninteract=80)
+    index.params["centroid_threshold"] = -1.0  # prunes nothing: same as no threshold
+    same = index.search(queries, 10)[1]
+    index.params["centroid_threshold"] = None
+    assert index.search(queries, 10)[1].tolist() == same.tolist()
+    assert all(len(set(row)) == 10 for row in same.tolist()) and same.tolist() != full.tolist()
+
+
+@pytest.mark.parametrize("nbits", [None, 2])
+def test_batched_search_equals_one_query_at_a_time(nbits):
+    docs, queries = _hard()
+    queries = queries + [queries[0][:1], queries[1][:2]]  # ragged: padded query tokens must add nothing
+    index = MultiVectorIndex(32, nbits=nbits, n_centroids=16, nprobe=3, ncandidates=20)
+    index.add([str(i) for i in range(len(docs))], docs)
+    scores, ids = index.search(queries, 7)
+    for n, q in enumerate(queries):
+        s1, i1 = index.search([q], 7)
+        assert i1[0].tolist() == ids[n].tolist()
+        np.testing.assert_allclose(s1[0], scores[n], rtol=1e-5)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4, 8])
+def test_lookup_table_decoding_equals_bit_unpacking(nbits):
+    docs, _ = _hard(n=40)
+    index = MultiVectorIndex(32, nbits=nbits, n_centroids=8)
+    index.add([str(i) for i in range(len(docs))], docs)
+    pos = torch.arange(index.num_tokens)
+    np.testing.assert_allclose(index._vectors(pos).numpy(), index.decompress(pos.numpy()), atol=1e-5)
+
+
+def test_full_vectors_option_rescores_exactly_and_round_trips(tmp_path):
+    docs, queries = _hard()
+    index = MultiVectorIndex(32, nbits=2, n_centroids=16, nprobe=16, ncandidates=300, ninteract=300, full_vectors=True)
+    index.add([str(i) for i in range(len(docs))], docs)
+    assert index.bytes_per_token() == 2 + 8 + 2 * 32  # codes + 2-bit residuals + float16 vectors
+    half = [d.astype(np.float16).astype(np.float32) for d in docs]
+    assert index.search(queries, 10)[1].tolist() == [[str(j) for j in row] for row in exact_maxsim_topk(queries, half, 10)]
+    assert index.remove(["3"]) == 1
+    index.save(tmp_path / "mv")
+    again = MultiVectorIndex.load(tmp_path / "mv")
+    assert again.params["full_vectors"] and again.search(queries, 10)[1].tolist() == index.search(queries, 10)[1].tolist()
+
+
+def test_narrow_filter_still_fills_k_results():
+    docs, queries = _hard()
+    index = MultiVectorIndex(32, nbits=2, n_centroids=16, nprobe=1, ncandidates=8)
+    index.add([str(i) for i in range(len(docs))], docs)
+    allowed = {"5", "77", "123", "250"}
+    scores, ids = index.search(queries, 3, filter=allowed)
+    assert all(len(set(row)) == 3 and set(row) <= allowed for row in ids.tolist())
+    assert np.isfinite(scores).all()

@@ -5,11 +5,13 @@ id (uint16/int32) plus ``nbits`` (1, 2, 4 or 8) per dimension for the residual, 
 per-dimension bucket cutoffs and reconstructed with per-bucket mean values. At d=128 and nbits=2
 that is 2 + 32 = 34 bytes per token instead of 512 (float32).
 
-Search, per query: (1) centroid scores ``Q @ C^T``; (2) candidates = documents with a token in one
-of each query token's ``nprobe`` best centroids; (3) approximate MaxSim from centroid scores alone
-("centroid interaction"), keeping the best ``ncandidates``; (4) exact MaxSim on those documents'
-decompressed vectors. ``nbits=None`` stores raw float32 vectors and searches by brute force: it
-equals exact MaxSim ranking and serves as the reference.
+Search, all queries at once (torch): (1) centroid scores ``Q @ C^T``; (2) candidates = documents on the
+inverted lists of each query token's ``nprobe`` best centroids (probes scoring below ``centroid_threshold``
+pruned, PLAID-style), ranked by a sparse centroid interaction; (3) the best ``ninteract`` re-ranked by the
+full centroid interaction (every token's centroid code, no residual decoding); (4) MaxSim on the best
+``ncandidates`` documents' decompressed vectors (a per-byte lookup table), or on float16 copies stored with
+``full_vectors=True`` (2*dim more bytes per token). ``nbits=None`` stores raw float32 vectors and searches by
+brute force: it equals exact MaxSim ranking and serves as the reference.
 """
 
 from __future__ import annotations
@@ -87,7 +89,10 @@ class MultiVectorIndex:
         nbits: residual bits per dimension (1, 2, 4, 8), or None for uncompressed exact search.
         n_centroids: k-means centroids (default ``2**floor(log2(4 * sqrt(tokens)))``, PLAID's rule scaled down).
         nprobe: centroids probed per query token for candidate generation.
-        ncandidates: documents re-scored exactly per query (default ``max(8k, 64)``).
+        ncandidates: documents whose (decompressed) vectors are re-scored per query (default ``max(8k, 64)``).
+        ninteract: candidates re-ranked by full centroid interaction before that (default ``4 * ncandidates``).
+        centroid_threshold: probes whose centroid score is below it are pruned (each token keeps its best one).
+        full_vectors: also store float16 token vectors; the final re-scoring then uses them instead of the codec.
     """
 
     engine = ENGINE
@@ -95,17 +100,21 @@ class MultiVectorIndex:
     _raw = _stored("raw")  # nbits=None only
     _codes = _stored("codes")  # centroid id per token
     _packed = _stored("packed")  # nbits-bit residual buckets, packed
+    _full = _stored("full")  # float16 token vectors, only with full_vectors=True
 
     def __init__(self, dim: int, nbits: int | None = 2, n_centroids: int | None = None, model_id: str | None = None,
                  nprobe: int = 4, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, ninteract: int | None = None, centroid_threshold: float | None = None,
+                 full_vectors: bool = False) -> None:
         if nbits not in (None, 1, 2, 4, 8):
             raise InvalidInputError(f"nbits must be 1, 2, 4, 8 or None (uncompressed); got {nbits}.")
         if nbits and check_dim(dim) % (8 // nbits):
             raise InvalidInputError(f"dimension {dim} must be a multiple of {8 // nbits} for nbits={nbits}.")
         self.dim, self.nbits, self.model_id = check_dim(dim), nbits, model_id
         self.params = {"n_centroids": n_centroids, "nprobe": nprobe, "ncandidates": ncandidates,
-                       "kmeans_iters": kmeans_iters, "max_train_tokens": max_train_tokens, "seed": seed}
+                       "kmeans_iters": kmeans_iters, "max_train_tokens": max_train_tokens, "seed": seed,
+                       "ninteract": ninteract, "centroid_threshold": centroid_threshold,
+                       "full_vectors": bool(full_vectors and nbits)}
         self._cols: dict[str, _Growable] = {}
         self._offsets_cache: np.ndarray | None = None
         self._ids: list[str] = []
@@ -115,10 +124,11 @@ class MultiVectorIndex:
         self._raw = np.zeros((0, dim), dtype=np.float32)  # nbits=None only
         self._codes = np.zeros(0, dtype=np.int32)  # centroid id per token
         self._packed = np.zeros((0, (dim * nbits // 8) if nbits else 0), dtype=np.uint8)
+        self._full = np.zeros((0, dim), dtype=np.float16)
         self.centroids: np.ndarray | None = None
         self.cutoffs: np.ndarray | None = None  # (dim, 2**nbits - 1)
         self.weights: np.ndarray | None = None  # (dim, 2**nbits)
-        self._ivf: list[np.ndarray] | None = None  # centroid -> doc positions (lazy)
+        self._ivf: dict[str, Any] | None = None  # search structures (inverted lists, torch views), built lazily
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -157,7 +167,7 @@ class MultiVectorIndex:
         """Stored bytes per token (codes + residuals, or raw floats), excluding the shared centroids."""
         if self.nbits is None:
             return 4.0 * self.dim
-        return self._codes.dtype.itemsize + self._packed.shape[1]
+        return self._codes.dtype.itemsize + self._packed.shape[1] + (2 * self.dim if self.params["full_vectors"] else 0)
 
     # ------------------------------------------------------------------ compression
     def _train(self, tokens: np.ndarray) -> None:
@@ -221,14 +231,6 @@ class MultiVectorIndex:
         mask = np.uint8((1 << self.nbits) - 1)
         return ((packed[:, :, None] >> shifts) & mask).reshape(len(packed), -1)
 
-    def decompress(self, token_idx: np.ndarray) -> np.ndarray:
-        """Reconstructed (unit-normalised) vectors of the given token positions."""
-        if self.nbits is None:
-            return self._raw[token_idx]
-        b = self._unpack(self._packed[token_idx])
-        v = self.centroids[self._codes[token_idx].astype(np.int64)] + self.weights[np.arange(self.dim)[None, :], b]
-        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
     # ------------------------------------------------------------------ add / remove
     def add(self, ids: Sequence[str], vectors: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Add documents: ``vectors`` is a list of ``(tokens_i, dim)`` arrays or a padded ``(n, t, dim)`` array."""
@@ -248,6 +250,8 @@ class MultiVectorIndex:
             codes, packed = self._compress(tokens)
             self._cols["codes"].append(codes)
             self._cols["packed"].append(packed)
+            if self.params["full_vectors"]:
+                self._cols["full"].append(tokens.astype(np.float16))
         self._cols["doclens"].append(np.array([len(d) for d in docs], dtype=np.int64))
         for j, i in enumerate(ids):
             self._label[i] = len(self._ids)
@@ -267,6 +271,8 @@ class MultiVectorIndex:
             self._raw = self._raw[keep_tok]
         else:
             self._codes, self._packed = self._codes[keep_tok], self._packed[keep_tok]
+            if self.params["full_vectors"]:
+                self._full = self._full[keep_tok]
         self._doclens = self._doclens[keep_doc]
         for pos in gone:
             self._meta.pop(self._ids[pos], None)
@@ -276,33 +282,89 @@ class MultiVectorIndex:
         return len(gone)
 
     # ------------------------------------------------------------------ search
-    def _inverted_lists(self) -> list[np.ndarray]:
+    # Batched over queries (torch): (1) centroid scores S = Q C^T for all queries at once;
+    # (2) candidates: the documents on the inverted lists of each query token's ``nprobe`` best
+    # centroids (probes below ``centroid_threshold`` dropped, except each token's best one), scored by a
+    # sparse centroid interaction (a token whose probed centroids a document lacks counts as its worst
+    # probed score); (3) the best ``ninteract`` of them re-scored by the full centroid interaction over
+    # all their tokens' codes (no residual decoding); (4) the best ``ncandidates`` decompressed (or their
+    # stored float16 vectors read) and ranked by MaxSim. An allowed-documents mask is applied in (2).
+    def _search_cache(self) -> dict[str, Any]:
+        """Torch views the search needs, built once after each add/remove."""
         if self._ivf is None:
-            doc_of_token = np.repeat(np.arange(len(self._ids)), self._doclens)
-            order = np.argsort(self._codes, kind="stable")
-            codes_sorted = self._codes[order].astype(np.int64)
-            bounds = np.searchsorted(codes_sorted, np.arange(self.params["n_centroids"] + 1))
-            docs_sorted = doc_of_token[order]
-            self._ivf = [np.unique(docs_sorted[bounds[c]:bounds[c + 1]]) for c in range(self.params["n_centroids"])]
+            n_docs = len(self._ids)
+            cache: dict[str, Any] = {
+                "lens": torch.from_numpy(self._doclens.astype(np.int64)),
+                "offsets": torch.from_numpy(self._offsets()[:-1].astype(np.int64)),
+            }
+            if self.nbits is not None:
+                k = self.centroids.shape[0]
+                codes = self._codes.astype(np.int64)
+                doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), self._doclens)
+                pairs = np.unique(codes * n_docs + doc_of_token)  # (centroid, document) once each, sorted
+                cache["ivf_indptr"] = torch.from_numpy(np.searchsorted(pairs // n_docs, np.arange(k + 1)).astype(np.int64))
+                cache["ivf_docs"] = torch.from_numpy(pairs % n_docs)
+                cache["codes"] = torch.from_numpy(self._codes.astype(np.int32))
+                cache["centroids"] = torch.from_numpy(self.centroids)
+                cache["lut"] = self._lookup_table()
+            self._ivf = cache
         return self._ivf
 
-    def _token_positions(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token positions of ``docs`` (concatenated) and each doc's start within that list."""
-        offsets = self._offsets()
-        lens = self._doclens[docs]
-        starts_out = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        idx = np.repeat(offsets[docs] - starts_out, lens) + np.arange(lens.sum())
-        return idx, starts_out
+    def _lookup_table(self) -> torch.Tensor:
+        """``(bytes_per_token * 256, 8 // nbits)``: the residual values a packed byte at each position decodes to,
+        so decompression is one gather per byte instead of unpacking bits and gathering per dimension."""
+        per = 8 // self.nbits
+        nbytes = self.dim // per
+        values = np.arange(256, dtype=np.uint8)
+        buckets = (values[:, None] >> (np.arange(per, dtype=np.uint8) * self.nbits)) & np.uint8((1 << self.nbits) - 1)
+        w = self.weights.reshape(nbytes, per, 2 ** self.nbits)  # dims j*per + p of byte j
+        lut = w[np.arange(nbytes)[:, None, None], np.arange(per)[None, None, :], buckets[None, :, :]]  # (nbytes, 256, per)
+        return torch.from_numpy(np.ascontiguousarray(lut.reshape(nbytes * 256, per), dtype=np.float32))
 
-    def _exact(self, q: np.ndarray, docs: np.ndarray) -> np.ndarray:
-        idx, starts = self._token_positions(docs)
-        vecs = self.decompress(idx)
-        sims = q @ vecs.T  # (tq, tokens)
-        return np.maximum.reduceat(sims, starts, axis=1).sum(axis=0)
+    def _allowed_mask(self, filter: Iterable[str] | None, expr: Any = None) -> np.ndarray | None:
+        """Documents a search may return, as a boolean mask over positions (None: all). The one place where
+        id filters and metadata ``where`` filters turn into the candidate stage's mask."""
+        positions = allowed_positions(self._ids, self._label, self._meta, as_id_filter(filter), expr, self)
+        if positions is None:
+            return None
+        mask = np.zeros(len(self._ids), dtype=bool)
+        mask[positions] = True
+        return mask
+
+    def _tokens_of(self, docs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token positions ``(..., L)`` of documents ``docs`` (any shape, -1 = none) and the real-token mask."""
+        c = self._search_cache()
+        safe = docs.clamp(min=0)
+        lens = torch.where(docs >= 0, c["lens"][safe], 0)
+        width = max(int(lens.max()) if lens.numel() else 1, 1)
+        ar = torch.arange(width)
+        mask = ar < lens[..., None]
+        return torch.where(mask, c["offsets"][safe][..., None] + ar, 0), mask
+
+    def _vectors(self, pos: torch.Tensor) -> torch.Tensor:
+        """Token vectors at positions ``pos`` (any shape): stored float16/float32 ones, or decompressed."""
+        if self.nbits is None:
+            return torch.from_numpy(self._raw)[pos]
+        if self.params["full_vectors"]:
+            return torch.from_numpy(self._full)[pos].float()
+        c = self._search_cache()
+        flat = pos.reshape(-1)
+        packed = torch.from_numpy(self._packed)[flat].long()  # (n, nbytes)
+        resid = c["lut"][packed + torch.arange(packed.shape[1]) * 256].reshape(len(flat), self.dim)
+        v = c["centroids"][c["codes"][flat].long()] + resid
+        return torch.nn.functional.normalize(v, dim=-1).reshape(*pos.shape, self.dim)
+
+    def decompress(self, token_idx: np.ndarray) -> np.ndarray:
+        """Reconstructed (unit-normalised) vectors of the given token positions (never the stored float16 ones)."""
+        if self.nbits is None:
+            return self._raw[token_idx]
+        b = self._unpack(self._packed[token_idx])
+        v = self.centroids[self._codes[token_idx].astype(np.int64)] + self.weights[np.arange(self.dim)[None, :], b]
+        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def search(self, queries: Any, k: int, filter: Iterable[str] | None = None,
                where: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` documents per query (a list of ``(t_i, dim)`` arrays, or ``(n, t, dim)``).
+        """Top-``k`` documents per query (a list of ``(t_i, dim)`` arrays, or ``(n, t, dim)``), all queries at once.
 
         ``filter`` (ids) and ``where`` (a metadata filter expression) restrict candidate generation to
         the allowed documents (``filter_hook.allowed_positions``).
@@ -312,47 +374,125 @@ class MultiVectorIndex:
         expr = parse_filter(where) if where is not None else None
         scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
         ids = np.full((len(qs), k), None, dtype=object)
-        if not self._ids:
+        if not self._ids or not qs:
             return scores, ids
-        allowed = allowed_positions(self._ids, self._label, self._meta, as_id_filter(filter), expr, self)
-        for n, q in enumerate(qs):
-            s, d = self._search_one(q, k, allowed)
-            scores[n, : len(s)], ids[n, : len(d)] = s, [self._ids[j] for j in d]
+        allowed = self._allowed_mask(filter, expr)
+        q, qmask = pad(qs, self.dim)
+        # queries in chunks bound the (queries x tokens x candidates x doc tokens) intermediates to ~64 MB
+        width = max(self._ncandidates(k), self._ninteract(k)) * int(self._doclens.max()) * q.shape[1]
+        step = max(1, (1 << 24) // max(width, 1))
+        for s in range(0, len(qs), step):
+            sc, docs = self._search_batch(q[s:s + step], qmask[s:s + step], k, allowed)
+            for n in range(len(docs)):
+                ok = docs[n] >= 0
+                scores[s + n, : ok.sum()] = sc[n][ok]
+                ids[s + n, : ok.sum()] = [self._ids[j] for j in docs[n][ok]]
         return scores, ids
 
-    def _search_one(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _ncandidates(self, k: int) -> int:
+        return int(self.params["ncandidates"] or max(8 * k, 64))
+
+    def _ninteract(self, k: int) -> int:
+        return int(self.params.get("ninteract") or 4 * self._ncandidates(k))
+
+    def _search_batch(self, q: torch.Tensor, qmask: torch.Tensor, k: int,
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and document positions ``(nq, <=k)`` (position -1 = no result) for padded queries."""
         n_docs = len(self._ids)
-        if self.nbits is None:  # exact brute force, chunked over documents
-            docs = allowed if allowed is not None else np.arange(n_docs)
-            all_scores = np.concatenate([self._exact(q, docs[s:s + 2048]) for s in range(0, len(docs), 2048)]) if len(docs) else np.zeros(0)
-            top = np.argsort(-all_scores, kind="stable")[:k]
-            return all_scores[top], docs[top]
-        if allowed is not None and len(allowed) <= (self.params["ncandidates"] or max(8 * k, 64)):
-            docs = allowed  # a selective filter: every allowed document is re-scored exactly
-            exact = self._exact(q, docs) if len(docs) else np.zeros(0, dtype=np.float32)
-            top = np.argsort(-exact, kind="stable")[:k]
-            return exact[top].astype(np.float32), docs[top]
-        cscores = q @ self.centroids.T  # (tq, K)
-        nprobe = min(self.params["nprobe"], cscores.shape[1])
-        probe = np.unique(np.argpartition(-cscores, nprobe - 1, axis=1)[:, :nprobe])
-        ivf = self._inverted_lists()
-        cands = np.unique(np.concatenate([ivf[c] for c in probe])) if len(probe) else np.zeros(0, dtype=np.int64)
-        if allowed is not None:
-            cands = np.intersect1d(cands, allowed) if len(cands) else cands
-            if len(cands) < k:
-                cands = np.union1d(cands, allowed)
-        if len(cands) == 0:
-            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        # approximate MaxSim with each token replaced by its centroid
-        idx, starts = self._token_positions(cands)
-        approx = np.maximum.reduceat(cscores[:, self._codes[idx].astype(np.int64)], starts, axis=1).sum(axis=0)
-        ncand = self.params["ncandidates"] or max(8 * k, 64)
-        if len(cands) > ncand:
-            keep = np.argpartition(-approx, ncand - 1)[:ncand]
-            cands = cands[keep]
-        exact = self._exact(q, cands)
-        top = np.argsort(-exact, kind="stable")[:k]
-        return exact[top].astype(np.float32), cands[top]
+        if self.nbits is None:  # exact: every allowed document is a candidate
+            docs = np.flatnonzero(allowed) if allowed is not None else np.arange(n_docs)
+            cand = torch.from_numpy(docs).expand(len(q), len(docs)) if len(docs) else torch.full((len(q), 1), -1)
+            return self._rank_exact(q, qmask, cand, k)
+        if allowed is not None and allowed.sum() <= self._ncandidates(k):
+            docs = np.flatnonzero(allowed)  # a selective filter: every allowed document is re-scored
+            cand = torch.from_numpy(docs).expand(len(q), len(docs)) if len(docs) else torch.full((len(q), 1), -1)
+            return self._rank_exact(q, qmask, cand, k)
+        scores = self._centroid_scores(q, qmask)
+        cand = self._candidates(scores, qmask, k, allowed)
+        cand = self._centroid_rerank(scores, cand, self._ncandidates(k))
+        return self._rank_exact(q, qmask, cand, k)
+
+    def _centroid_scores(self, q: torch.Tensor, qmask: torch.Tensor) -> torch.Tensor:
+        s = torch.einsum("qid,kd->qik", q, self._search_cache()["centroids"])
+        return s.masked_fill(~qmask[..., None], 0.0)  # padding tokens add nothing
+
+    def _candidates(self, s: torch.Tensor, qmask: torch.Tensor, k: int, allowed: np.ndarray | None) -> torch.Tensor:
+        """``(nq, ninteract)`` candidate document positions (-1 = none) from the probed inverted lists;
+        ``s`` = centroid scores ``(nq, tq, K)``."""
+        c = self._search_cache()
+        n_docs, nq, tq = len(self._ids), s.shape[0], s.shape[1]
+        nprobe = min(int(self.params["nprobe"]), s.shape[2])
+        top_s, top_c = s.topk(nprobe, dim=2)  # (nq, tq, nprobe)
+        floor = top_s[..., -1].masked_fill(~qmask, 0.0)  # a document lacking every probe of a token gets this
+        keep = qmask[..., None].expand_as(top_s).clone()
+        threshold = self.params.get("centroid_threshold")
+        if threshold is not None:  # PLAID's centroid pruning; a token's best centroid is always probed
+            keep[..., 1:] &= top_s[..., 1:] >= threshold
+        e_q, e_t, e_p = keep.nonzero(as_tuple=True)
+        e_c, e_s = top_c[e_q, e_t, e_p], top_s[e_q, e_t, e_p]
+        start, lens = c["ivf_indptr"][e_c], c["ivf_indptr"][e_c + 1] - c["ivf_indptr"][e_c]
+        total = int(lens.sum())
+        first = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        docs = c["ivf_docs"][torch.repeat_interleave(start, lens) + torch.arange(total) - first]
+        e_q, e_t, e_s = (torch.repeat_interleave(x, lens) for x in (e_q, e_t, e_s))
+        if allowed is not None:  # the filter hook: only allowed documents become candidates
+            ok = torch.from_numpy(allowed)[docs]
+            docs, e_q, e_t, e_s = docs[ok], e_q[ok], e_t[ok], e_s[ok]
+        pairs, inv = torch.unique(e_q * n_docs + docs, return_inverse=True)  # sorted by query, then document
+        p_q, p_d = pairs // n_docs, pairs % n_docs
+        per_token = floor[p_q].clone()  # (pairs, tq)
+        per_token.view(-1).scatter_reduce_(0, inv * tq + e_t, e_s, "amax", include_self=True)
+        approx = per_token.sum(1)
+        counts = torch.bincount(p_q, minlength=nq)
+        width = max(int(counts.max()) if len(counts) else 0, 1)
+        rank = torch.arange(len(pairs)) - (torch.cumsum(counts, 0) - counts)[p_q]
+        dense = torch.full((nq, width), -torch.inf)
+        dense[p_q, rank] = approx
+        dense_docs = torch.full((nq, width), -1, dtype=torch.long)
+        dense_docs[p_q, rank] = p_d
+        best = _top(dense, self._ninteract(k))
+        out = dense_docs.gather(1, best)
+        short = (counts < k).nonzero().flatten().tolist()
+        if short:  # too few candidates (a narrow filter, a tiny index): add other allowed documents
+            pool = np.flatnonzero(allowed) if allowed is not None else np.arange(n_docs)
+            need = max(out.shape[1], min(len(pool), max(k, self._ninteract(k))))
+            grown = torch.full((nq, need), -1, dtype=torch.long)
+            grown[:, : out.shape[1]] = out
+            for n in short:
+                have = out[n][out[n] >= 0].numpy()
+                extra = pool[~np.isin(pool, have)][: need - len(have)]
+                grown[n, : len(have) + len(extra)] = torch.from_numpy(np.concatenate([have, extra]))
+            out = grown
+        return out
+
+    def _centroid_rerank(self, s: torch.Tensor, cand: torch.Tensor, n: int) -> torch.Tensor:
+        """The best ``n`` of ``cand`` by centroid interaction over all their tokens' codes (PLAID's stage 3)."""
+        if cand.shape[1] <= n:
+            return cand
+        c = self._search_cache()
+        pos, mask = self._tokens_of(cand)  # (nq, nc, L)
+        codes = c["codes"][pos].long().reshape(len(s), 1, -1).expand(-1, s.shape[1], -1)
+        sim = s.gather(2, codes).reshape(len(s), s.shape[1], *pos.shape[1:])  # (nq, tq, nc, L)
+        sim = sim.masked_fill(~mask[:, None], -torch.inf).amax(-1).sum(1)
+        sim = sim.masked_fill(cand < 0, -torch.inf)
+        return cand.gather(1, _top(sim, n))
+
+    def _rank_exact(self, q: torch.Tensor, qmask: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """MaxSim of each query with its candidates' (decompressed) token vectors; the top ``k``."""
+        out_s = torch.full((len(q), min(k, cand.shape[1])), -torch.inf)
+        out_d = torch.full(out_s.shape, -1, dtype=torch.long)
+        step = max(1, 4096 // max(int(self._doclens.max()), 1))  # ~4k document tokens at a time
+        for s0 in range(0, cand.shape[1], step):  # running top-k over candidate chunks (memory-bounded)
+            part = cand[:, s0:s0 + step]
+            pos, mask = self._tokens_of(part)
+            vecs = self._vectors(pos)  # (nq, nc, L, d)
+            sim = torch.einsum("qid,qnld->qinl", q, vecs).masked_fill(~mask[:, None], -torch.inf)
+            sc = sim.amax(-1).masked_fill(~qmask[..., None], 0.0).sum(1).masked_fill(part < 0, -torch.inf)
+            both_s, both_d = torch.cat([out_s, sc], 1), torch.cat([out_d, part], 1)
+            top = _top(both_s, out_s.shape[1])
+            out_s, out_d = both_s.gather(1, top), both_d.gather(1, top)
+        out_d = out_d.masked_fill(torch.isinf(out_s), -1)
+        return out_s.numpy(), out_d.numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -364,6 +504,8 @@ class MultiVectorIndex:
             else:
                 arrays.update(codes=self._codes, packed=self._packed, centroids=self.centroids, cutoffs=self.cutoffs,
                               weights=self.weights)
+                if self.params["full_vectors"]:
+                    arrays["full"] = self._full
             files = []
             for name, arr in arrays.items():
                 if arr is None:  # an empty index has no centroids yet: trained on the first add
@@ -391,7 +533,7 @@ class MultiVectorIndex:
         if self.nbits is None:
             self._raw = np.load(m.path(path, "raw.npy"))
         else:
-            for name in ("codes", "packed", "centroids", "cutoffs", "weights"):
+            for name in ("codes", "packed", "centroids", "cutoffs", "weights", "full"):
                 if f"{name}.npy" not in m.checksums:  # absent in an empty index (no centroids trained yet)
                     continue
                 try:
@@ -400,13 +542,19 @@ class MultiVectorIndex:
                     if m.count:
                         raise CorruptIndexError(f"index '{path}': '{name}.npy' cannot be read. Rebuild the index.") from None
                     continue
-                setattr(self, "_" + name if name in ("codes", "packed") else name, arr)
+                setattr(self, "_" + name if name in ("codes", "packed", "full") else name, arr)
         self._ids = read_index_json(m.path(path, "ids.json"))
         self._label = {i: n for n, i in enumerate(self._ids)}
         self._meta = read_index_json(m.path(path, "metadata.json"))
         if len(self._ids) != m.count or len(self._doclens) != m.count:
             raise CorruptIndexError(f"index '{path}' lists {len(self._ids)} ids but its manifest says {m.count}.")
         return self
+
+
+def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Column indices of the ``n`` best scores per row; ties keep the earlier column (so a batched search
+    ranks exactly like one query at a time, whatever else shares its batch)."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :n]
 
 
 def exact_maxsim_topk(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], k: int) -> np.ndarray:
