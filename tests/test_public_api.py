@@ -9,6 +9,7 @@ import xmodal
 import xmodal.pipelines as pipelines
 
 COMMAND_FUNCTIONS = {"index_folder": "index_folder", "index_from_embeddings": "index_from_embeddings", "search": "search",
+                     "index_texts": "index_texts",
                      "evaluate": "evaluate", "train_model": "train", "synth": "synth", "encode": "encode",
                      "serve": "serve", "run_demo": "demo", "features_split": "features_split",
                      "features_info": "features_info", "features_convert": "features_convert"}

@@ -7,7 +7,7 @@
 >>> xmodal.search("photos.idx", "a dog on a beach", k=5).paths                   # doctest: +SKIP
 
 Every command of the ``xmodal`` command line is one function here (``xmodal.pipelines``):
-``index_folder``, ``index_from_embeddings``, ``search``, ``evaluate``, ``train_model`` (``xmodal train``;
+``index_folder``, ``index_from_embeddings``, ``index_texts``, ``search``, ``evaluate``, ``train_model`` (``xmodal train``;
 ``xmodal.train`` is the training package), ``synth``, ``encode``, ``serve``, ``run_demo``, ``features_*``.
 Names are imported on first use, so ``import xmodal`` loads no torch, FAISS or transformers.
 """
@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "build_tiny_model": "xmodal.models:build_tiny_model",
     "load_model": "xmodal.models:load_model",
     "FaissIndex": "xmodal.indexes:FaissIndex",
+    "LexicalIndex": "xmodal.indexes.lexical:LexicalIndex",
     "load_index": "xmodal.indexes:load_index",
     "SearchResult": "xmodal.retrieve:SearchResult",
     "Retriever": "xmodal.retrieve:Retriever",
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
     # one function per command
     "index_folder": "xmodal.pipelines:index_folder",
     "index_from_embeddings": "xmodal.pipelines:index_from_embeddings",
+    "index_texts": "xmodal.pipelines:index_texts",
     "search": "xmodal.pipelines:search",
     "evaluate": "xmodal.pipelines:evaluate",
     "train_model": "xmodal.pipelines:train",

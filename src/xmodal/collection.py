@@ -13,10 +13,11 @@ Item ids are image paths relative to the root (posix), so ids stay stable across
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from .indexes import load_index
 from .indexes.manifest import (MANIFEST_NAME, check_compatible, check_fingerprint, check_index_target, companion_files,
                                read_manifest, write_companion)
 from .io import atomic_path, clean_stale, fault_point, folder_lock
+from .indexes.lexical import LEXICAL_FILE, LexicalIndex, item_text
 from .indexes.registry import get_engine
 
 COLLECTION_FILE = "collection.json"
@@ -51,6 +53,8 @@ class CollectionInfo:
     model: str | None = None
     engine: str = "faiss"
     failed: list[list[str]] = field(default_factory=list)
+    kind: str = "images"  # "images": ids are paths below root; "texts": the items are texts (index-texts)
+    source: str | None = None  # texts: the records file the collection was built from
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -69,7 +73,8 @@ class CollectionInfo:
             raise CorruptIndexError(f"'{where.parent}': its {COLLECTION_FILE} is not a collection record "
                                     "({root, model, engine, failed}). Rebuild the index with `xmodal index`.")
         return cls(root=d.get("root"), model=d.get("model"), engine=d.get("engine") or "faiss",
-                   failed=[list(f) if isinstance(f, (list, tuple)) else [str(f), ""] for f in d.get("failed", [])])
+                   failed=[list(f) if isinstance(f, (list, tuple)) else [str(f), ""] for f in d.get("failed", [])],
+                   kind=str(d.get("kind") or "images"), source=d.get("source"))
 
     @staticmethod
     def location(folder: str | Path) -> Path | None:
@@ -127,12 +132,16 @@ class BuildReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     seconds: float = 0.0
     index_size: int = 0
+    unit: str = "images"  # what the items are ("texts" for index-texts)
+    lexical_size: int | None = None  # items with a text in the lexical (BM25) index; None: none built
 
     def summary(self) -> str:
-        s = (f"{self.total} images: {self.added} added, {self.removed} removed, {self.unchanged} unchanged, "
+        s = (f"{self.total} {self.unit}: {self.added} added, {self.removed} removed, {self.unchanged} unchanged, "
              f"{len(self.failed)} failed; index holds {self.index_size} items ({self.seconds:.1f} s)")
         if self.resumed:
             s += f"; {self.resumed} resumed from an interrupted run"
+        if self.lexical_size is not None:
+            s += f"; lexical (BM25) index: {self.lexical_size} texts"
         return s
 
 
@@ -227,6 +236,8 @@ def build_collection(
     workers: int = 4,
     show_progress: bool = True,
     allow_model_mismatch: bool = False,
+    texts: str | Path | None = None,
+    text_fields: Sequence[str] | None = None,
     **index_options: Any,
 ) -> BuildReport:
     """Index (or update the index of) every image below ``image_dir`` into the folder ``out``.
@@ -240,6 +251,9 @@ def build_collection(
         chunk_size: images encoded between two saves of resume state.
         workers: threads decoding images in parallel with encoding.
         allow_model_mismatch: update an index although the model's weights differ from those it was built with.
+        texts: a records file (``data.records``: JSONL/CSV/TSV keyed by relative path in a ``path`` or ``id``
+            column) whose fields give each image its text for lexical (BM25) search; recorded, so later
+            runs re-read it. ``text_fields`` picks the fields (default: every text field of the file).
         index_options: passed to the engine factory, e.g. ``kind="hnsw"`` for FAISS.
 
     Tests crash a run at a chosen step with ``xmodal.io.set_fault_hook`` (steps ``collection:chunk-saved``,
@@ -250,12 +264,14 @@ def build_collection(
     with folder_lock(out, "another `xmodal index` run"):
         return _build_locked(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                              workers=workers, show_progress=show_progress,
-                             allow_model_mismatch=allow_model_mismatch, index_options=index_options)
+                             allow_model_mismatch=allow_model_mismatch, index_options=index_options,
+                             texts=texts, text_fields=text_fields)
 
 
 def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_size: int, chunk_size: int,
                   workers: int, show_progress: bool, allow_model_mismatch: bool,
-                  index_options: dict[str, Any]) -> BuildReport:
+                  index_options: dict[str, Any], texts: str | Path | None = None,
+                  text_fields: Sequence[str] | None = None) -> BuildReport:
     from .models.fingerprint import weights_fingerprint
 
     t_start = time.perf_counter()
@@ -347,18 +363,132 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
     fault_point("collection:merged")
     record = CollectionInfo(root=str(image_dir), model=model_name, engine=index.engine,
                             failed=[list(f) for f in report.failed])
-    with companion_files({COLLECTION_FILE: record.to_bytes()}, fingerprint=fingerprint):
+    companions = {COLLECTION_FILE: record.to_bytes()}
+    lexical = sync_lexical(out if existing else None, index, texts=texts, text_fields=text_fields)
+    if lexical is not None:
+        companions[LEXICAL_FILE] = lexical.to_bytes()
+    with companion_files(companions, fingerprint=fingerprint):
         index.save(out)
     _drop_legacy_file(out)
     shutil.rmtree(build_dir, ignore_errors=True)
     report.index_size = len(index)
+    report.lexical_size = len(lexical) if lexical is not None else None
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def build_text_collection(file: str | Path, model: Any, out: str | Path, *, engine: str = "faiss",
+                          id_field: str = "id", text_field: str = "text", text_fields: Sequence[str] | None = None,
+                          batch_size: int = 64, show_progress: bool = True, allow_model_mismatch: bool = False,
+                          **index_options: Any) -> BuildReport:
+    """Index (or update the index of) the texts of a records file (``data.records``: JSONL/CSV/TSV/TXT).
+
+    Every record is an item: its text is encoded with the model's text tower (so images and texts can
+    query it), all its fields are kept as metadata (the text under ``text``), and a BM25 index is built
+    over ``text_fields`` (default: the text). Re-runs encode only records that are new or changed and drop
+    those gone from the file. ``out`` follows the rules of ``build_collection`` (checked, locked, atomic).
+    """
+    from .data.records import read_records
+    from .models.fingerprint import weights_fingerprint
+
+    t_start = time.perf_counter()
+    records = read_records(file, id_field=id_field, text_field=text_field)
+    out = Path(out)
+    check_index_target(out)
+    with folder_lock(out, "another `xmodal index` run"):
+        clean_stale(out)
+        existing = (out / MANIFEST_NAME).exists()
+        info = CollectionInfo.read(out) if existing else None
+        if existing and (info is None or info.kind != "texts"):
+            raise InvalidInputError(f"'{out}' is an index of images, not of texts; give another --out for the texts.")
+        model_name = model if isinstance(model, str) else getattr(model, "model_id", None)
+        if isinstance(model, (str, Path)):
+            p = Path(model)
+            model_name = str(p.resolve()) if p.is_dir() else str(model)
+            engine = info.engine if info is not None else engine
+            model = load_encoder(model, engine)
+        fingerprint = weights_fingerprint(model)
+        if existing:
+            index = load_index(out, model_id=model.model_id, dimension=model.embedding_dim)
+            check_fingerprint(read_manifest(out, verify=False), out, fingerprint, allow_model_mismatch)
+        else:
+            index = get_engine(engine).create(model.embedding_dim, model.model_id, out, **index_options)
+        rows = {r.id: {**r.fields, "text": r.text} for r in records}
+        sigs = {i: hashlib.sha256(json.dumps(f, sort_keys=True, default=str).encode()).hexdigest()[:32]
+                for i, f in rows.items()}
+        plan = plan_sync(sigs, {i: index.metadata(i).get("signature") for i in index.ids()})
+        report = BuildReport(total=len(records), unchanged=len(plan.unchanged), unit="texts")
+        report.removed = index.remove(plan.to_remove) if plan.to_remove else 0
+        todo = plan.to_encode
+        bar = tqdm(total=len(todo), desc="indexing texts", unit="text", disable=not show_progress)
+        for start in range(0, len(todo), 1024):  # bounded memory: a few thousand vectors per add
+            ids = todo[start:start + 1024]
+            vecs = model.encode_text([rows[i]["text"] for i in ids], batch_size=batch_size, show_progress=False)
+            index.add(ids, vecs if isinstance(vecs, list) else np.asarray(vecs),
+                      metadata=[{**rows[i], "signature": sigs[i]} for i in ids])
+            bar.update(len(ids))
+        bar.close()
+        report.added = len(todo)
+        record = CollectionInfo(root=None, model=model_name, engine=index.engine, kind="texts",
+                                source=str(Path(file).resolve()))
+        lexical = sync_lexical(out if existing else None, index, records=rows,
+                               text_fields=text_fields or (None if existing else ["text"]))
+        companions = {COLLECTION_FILE: record.to_bytes()}
+        if lexical is not None:
+            companions[LEXICAL_FILE] = lexical.to_bytes()
+        with companion_files(companions, fingerprint=fingerprint):
+            index.save(out)
+        report.index_size = len(index)
+        report.lexical_size = len(lexical) if lexical is not None else None
+        report.seconds = time.perf_counter() - t_start
+        return report
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
     """Vectors of several encoder batches as one array: (n, d), or (n, tokens, d) for multi-vector images."""
     return np.concatenate([np.asarray(p) for p in parts])
+
+ALL_TEXT_FIELDS = "*"  # recorded for "every text field of the records file"
+
+
+def sync_lexical(folder: Path | None, index: Any, *, texts: str | Path | None = None,
+                 text_fields: Sequence[str] | None = None,
+                 records: Mapping[str, Mapping[str, Any]] | None = None) -> LexicalIndex | None:
+    """The lexical (BM25) index for the items now in ``index``, updated from the last saved one in ``folder``.
+
+    Each item's fields are its index metadata overlaid with its row of the records file (``texts`` given
+    now, else the one recorded last time, else none: earlier texts are kept for items still present);
+    ``text_fields`` (else those recorded, else every text field) are joined into its text. Only new,
+    changed and removed items touch the BM25 index. None when there is no text source at all.
+    """
+    previous = LexicalIndex.read(folder) if folder is not None else None
+    source = str(Path(texts).resolve()) if texts is not None else (previous.source if previous else None)
+    if previous is None and source is None and records is None:
+        if text_fields:
+            raise InvalidInputError("--text-fields needs texts to index: give --texts FILE (captions, titles, ...).")
+        return None
+    fields = list(text_fields) if text_fields else (previous.fields if previous else [ALL_TEXT_FIELDS])
+    if records is None and source is not None and (texts is not None or Path(source).is_file()):
+        from .data.records import read_records
+
+        records = {r.id: r.fields for r in read_records(source, id_field=None, require_text=False)}
+    lexical = previous or LexicalIndex(fields=fields, source=source)
+    lexical.fields, lexical.source = fields, source
+    present = set(index.ids())
+    if records is None:  # the texts file is gone: keep what was indexed for items still present
+        wanted = {i: t for i, t in lexical.texts().items() if i in present}
+    else:
+        wanted = {}
+        for item_id in present:
+            row = records.get(item_id)
+            if row is None:
+                continue
+            merged = {**index.metadata(item_id), **row}
+            names = [k for k, v in row.items() if isinstance(v, str) and k not in ("id", "path", "signature")] \
+                if fields == [ALL_TEXT_FIELDS] else fields
+            wanted[item_id] = item_text(merged, names)
+    lexical.sync(wanted)
+    return lexical
 
 
 class Collection:
@@ -371,22 +501,37 @@ class Collection:
             if not self.folder.exists():
                 raise IndexNotFoundError(f"no index at '{self.folder}': the folder does not exist. Build one with `xmodal index IMAGE_DIR --out {self.folder}`.")
             raise IndexNotFoundError(f"'{self.folder}' is not an xmodal image index (no {COLLECTION_FILE}). Build one with `xmodal index`.")
-        if not info.root:
+        if not info.root and info.kind != "texts":
             raise CorruptIndexError(f"'{self.folder}': its {COLLECTION_FILE} names no image root. Rebuild the index with `xmodal index`.")
         self.info = info
-        self.root = Path(info.root)
+        self.kind = info.kind  # "images" or "texts"
+        self.root = Path(info.root) if info.root else None
         self.model_name: str | None = info.model
         self.engine: str = info.engine
         self.failed: list = info.failed
         self.index = load_index(self.folder, verify=verify)
+        self._lexical: LexicalIndex | None | bool = False  # False: not read yet
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def lexical(self) -> LexicalIndex | None:
+        """The BM25 index over the items' texts (None if built without texts); read on first use."""
+        if self._lexical is False:
+            self._lexical = LexicalIndex.read(self.folder)
+        return self._lexical  # type: ignore[return-value]
+
+    def text(self, item_id: str) -> str | None:
+        """A text collection's item text (None for an image collection)."""
+        return self.index.metadata(item_id).get("text") if self.kind == "texts" else None
 
     def image_path(self, item_id: str) -> Path:
         """The file of an item, refusing ids that are unknown or would point outside the root."""
         if not _contains(self.index, item_id):
             raise InvalidInputError(f"unknown item id '{item_id}'.")
+        if self.root is None:
+            raise InvalidInputError(f"item '{item_id}' is a text of a text collection; it has no image file.")
         rel = self.index.metadata(item_id).get("path", item_id)
         root = self.root.resolve()
         path = (root / rel).resolve()
@@ -413,7 +558,9 @@ class Collection:
             check_fingerprint(manifest, self.folder, weights_fingerprint(encoder), allow_model_mismatch)
 
     def retriever(self, model: Any = None, reranker: Any = None, depth: int = 50,
-                  allow_model_mismatch: bool = False, device: Any = None, dtype: Any = None) -> Any:
+                  allow_model_mismatch: bool = False, device: Any = None, dtype: Any = None,
+                  lexical: bool = True) -> Any:
+        """A ``Retriever`` over this collection (``lexical=False``: skip reading the BM25 index, dense only)."""
         from .retrieve.retriever import Retriever
 
         if model is not None and not isinstance(model, str):
@@ -421,8 +568,9 @@ class Collection:
             self.check_model(encoder, allow_model_mismatch)
         else:  # loaded straight onto device/dtype (the fingerprint of the weights as loaded is kept)
             encoder = self.load_model(model, device=device, dtype=dtype, allow_model_mismatch=allow_model_mismatch)
-        return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=lambda i: self.image_path(i),
-                         device=device, dtype=dtype)
+        resolve = None if self.kind == "texts" else (lambda i: self.image_path(i))  # texts: metadata "text"
+        return Retriever(encoder, self.index, reranker=reranker, depth=depth, resolve=resolve,
+                         device=device, dtype=dtype, lexical=self.lexical if lexical else None)
 
 
 def load_encoder(name: str | Path, engine: str = "faiss", device: str | None = None, dtype: Any = None) -> Any:

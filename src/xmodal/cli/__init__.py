@@ -24,6 +24,7 @@ app = typer.Typer(
 
 COMMAND_MODULES: tuple[str, ...] = (
     "search_cmds",  # index, search
+    "texts_cmds",  # index-texts
     "eval_cmds",  # evaluate
     "demo_cmds",  # demo
     "train_cmds",  # train, synth
@@ -37,7 +38,7 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 
 # Verbs that run a model take --device/--dtype/--threads, defined once in cli/options.py.
-MODEL_COMMANDS = frozenset({"index", "search", "evaluate", "train", "serve", "encode", "demo"})
+MODEL_COMMANDS = frozenset({"index", "index-texts", "search", "evaluate", "train", "serve", "encode", "demo"})
 
 
 def _add_runtime_options() -> None:

@@ -43,6 +43,13 @@ def index(
     allow_model_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch",
         help="Update the index although the model's weights differ from those it was built with (same id)."),
+    texts: Optional[Path] = typer.Option(
+        None, "--texts",
+        help="Captions/titles of the images for lexical (BM25) search: JSONL/CSV/TSV keyed by relative path "
+             "(a 'path' or 'id' column). Recorded: later runs re-read it."),
+    text_fields: Optional[str] = typer.Option(
+        None, "--text-fields", help="Comma-separated fields of --texts to index with BM25, e.g. caption,title "
+                                    "(default: every text field)."),
 ) -> None:
     """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
     if (image_dir is None) == (from_embeddings is None):
@@ -58,7 +65,8 @@ def index(
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
                           show_progress=not quiet, allow_model_mismatch=allow_model_mismatch,
-                          target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None))
+                          target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None),
+                          texts=texts, text_fields=split_fields(text_fields))
     typer.echo(report.summary())
     if report.search_settings:
         typer.echo(f"search settings: {report.search_settings}")
@@ -66,6 +74,16 @@ def index(
         typer.echo(f"skipped {len(report.failed)} unreadable files:", err=True)
         for rel, reason in report.failed:
             typer.echo(f"  {rel}: {reason}", err=True)
+
+
+def split_fields(value: Optional[str]) -> Optional[list[str]]:
+    """``"caption, title"`` -> ``["caption", "title"]`` (None stays None)."""
+    if value is None:
+        return None
+    fields = [f.strip() for f in value.split(",") if f.strip()]
+    if not fields:
+        raise InvalidInputError("--text-fields is empty; name fields like caption,title.")
+    return fields
 
 
 def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str], kind: str, memory_budget_mb: float,
@@ -100,12 +118,17 @@ def search(
     allow_model_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch",
         help="Search although the model's weights differ from those the index was built with (same id)."),
+    mode: str = typer.Option(
+        "dense", "--mode", help="dense (vectors), lexical (BM25 over the items' texts) or hybrid (both, fused). "
+                                "lexical/hybrid need a text query and an index built with texts."),
+    fusion: str = typer.Option("rrf", "--fusion", help="hybrid: rrf (reciprocal rank) or weighted (normalised scores)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="hybrid: the dense share of the fused score, 0..1."),
 ) -> None:
-    """Search an index by text and/or image; prints rank, score, id and path."""
+    """Search an index by text and/or image; prints rank, score, id and path (or text, for a text collection)."""
     from ..pipelines import search as run_search
 
     hits = run_search(index_dir, query, image, k=k, model=model, rerank=rerank, depth=depth, gallery=gallery,
-                      allow_model_mismatch=allow_model_mismatch)
+                      allow_model_mismatch=allow_model_mismatch, mode=mode, fusion=fusion, alpha=alpha)
     if as_json:
         typer.echo(json.dumps(hits.to_dict()))
         return

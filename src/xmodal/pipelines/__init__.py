@@ -16,9 +16,10 @@ from .features import features_convert, features_info, features_split  # xmodal 
 from .index import EmbeddingsIndex, index_folder, index_from_embeddings  # xmodal index [--from-embeddings]
 from .search import SearchHits, search  # xmodal search
 from .serve import serve  # xmodal serve
+from .texts import index_texts  # xmodal index-texts
 from .train import TrainRun, mine_negatives, synth, train  # xmodal train, xmodal synth, xmodal mine-negatives
 from .verify import VerifyReport, verify_index  # xmodal verify
 
-__all__ = ["index_folder", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
+__all__ = ["index_folder", "index_texts", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
            "features_split", "features_info", "features_convert", "mine_negatives", "EmbeddingsIndex", "SearchHits", "EvaluationRun",
            "TrainRun", "attach_feature_store", "verify_index", "VerifyReport"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..collection import COLLECTION_FILE, BuildReport, CollectionInfo, build_collection
 from ..errors import InvalidInputError
@@ -41,7 +41,8 @@ class FolderIndex:
 def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, engine: str | None = None,
                  kind: str | None = None, nbits: int | None = None, uri: str | None = None,
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
-                 show_progress: bool = True, target_recall: float | None = None, **index_options: Any) -> FolderIndex:
+                 show_progress: bool = True, target_recall: float | None = None, texts: str | Path | None = None,
+                 text_fields: Sequence[str] | None = None, **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
     Args:
@@ -52,6 +53,9 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
             (``EngineSpec.options``), None keeps the engine's default.
         target_recall: FAISS hnsw/ivfpq: each save tunes the search settings to this recall@10 (when the index
             changed by more than 10% since the last tuning); kept in the manifest.
+        texts / text_fields: a records file (JSONL/CSV/TSV keyed by relative path: a ``path`` or ``id`` column)
+            giving images texts (captions, titles, ...) and the fields of it to index with BM25, for
+            ``search(mode="lexical"|"hybrid")``; recorded, so later runs re-read the file.
         index_options: passed as they are to the engine's factory.
     """
     spec = get_engine(engine or default_engine())
@@ -60,7 +64,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
     options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection,
                                             target_recall=target_recall), **index_options}
     report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
-                              show_progress=show_progress, **options)
+                              show_progress=show_progress, texts=texts, text_fields=text_fields, **options)
     return FolderIndex(report, search_settings(out))
 
 

@@ -19,32 +19,40 @@ class SearchHits:
     paths: list[str]
     gallery: Path | None = None  # the contact sheet, when one was asked for
     search_settings: str | None = None  # "KIND: tuned ANN settings and measured recall", when the index has them
+    texts: list[str] | None = None  # a text collection's hit texts (then ``paths`` is empty)
 
     def rows(self) -> list[str]:
-        """One printable line per hit: rank, score, id, path (newlines/undecodable bytes in names escaped)."""
+        """One printable line per hit: rank, score, id, path or text (newlines/undecodable bytes escaped)."""
         from ..data.ids import printable_id
 
         r = self.result
+        shown = self.paths if self.texts is None else [t if len(t) <= 100 else t[:99] + "…" for t in self.texts]
         return [f"{rank:>3}  {s:+.4f}  {printable_id(i)}  {printable_id(p)}"
-                for rank, (i, s, p) in enumerate(zip(r.ids, r.scores, self.paths), start=1)]
+                for rank, (i, s, p) in enumerate(zip(r.ids, r.scores, shown), start=1)]
 
     def to_dict(self) -> dict[str, Any]:
         payload = self.result.to_dict()
         payload["paths"] = list(self.paths)
+        if self.texts is not None:
+            payload["texts"] = list(self.texts)
         payload.pop("metadata", None)
         return payload
 
 
 def search(index_dir: str | Path, text: str | None = None, image: str | Path | None = None, *, k: int = 10,
            model: Any = None, rerank: Any = None, depth: int = 50, gallery: str | Path | None = None,
-           allow_model_mismatch: bool = False) -> SearchHits:
-    """Search a collection made by ``index_folder`` by text and/or image.
+           allow_model_mismatch: bool = False, mode: str = "dense", fusion: str = "rrf",
+           alpha: float = 0.5) -> SearchHits:
+    """Search a collection made by ``index_folder`` (images) or ``index_texts`` (texts) by text and/or image.
 
     Args:
         model: override the model recorded in the index (name/folder or a loaded encoder).
         rerank: a cross-encoder (name/folder or loaded) reranking the top ``depth`` candidates.
         gallery: also save the hits as a PNG contact sheet there.
         allow_model_mismatch: search although the model's weights differ from those the index was built with.
+        mode: ``dense`` (vectors), ``lexical`` (BM25 over the items' texts) or ``hybrid`` (both fused);
+            lexical and hybrid need a text query and an index built with texts.
+        fusion / alpha: hybrid fusion, ``rrf`` or ``weighted``, and the dense share (0..1).
     """
     if text is not None and not text.strip():
         raise InvalidInputError("the query is empty; give some text or --image.")
@@ -52,14 +60,22 @@ def search(index_dir: str | Path, text: str | None = None, image: str | Path | N
         raise InvalidInputError("give a text query or --image PATH.")
     if k < 1:
         raise InvalidInputError(f"-k must be >= 1; got {k}.")
+    from ..retrieve.fusion import check_mode
+
+    check_mode(mode)
     collection = open_collection(index_dir)
     if isinstance(rerank, (str, Path)):
         from ..models.cross import load_reranker
 
         rerank = load_reranker(str(rerank))
     retriever = collection.retriever(model=model, reranker=rerank, depth=depth,
-                                     allow_model_mismatch=allow_model_mismatch)
-    result = retriever.search(text=text, image=image, k=k)
+                                     allow_model_mismatch=allow_model_mismatch, lexical=mode != "dense")
+    result = retriever.search(text=text, image=image, k=k, mode=mode, fusion=fusion, alpha=alpha)
+    if collection.kind == "texts":
+        texts = [collection.text(i) or "" for i in result.ids]
+        if gallery is not None:
+            raise InvalidInputError("--gallery shows images; this is a text collection (its hits are texts).")
+        return SearchHits(result, [], None, None, texts)
     paths = [str(collection.image_path(i)) for i in result.ids]
     if gallery is not None:
         from ..visualize import save_gallery

@@ -10,6 +10,7 @@ import numpy as np
 from ..data.images import open_image
 from ..errors import InvalidInputError
 from ..models.roles import MultiVectorEncoder, PairScorer, SingleVectorEncoder
+from .fusion import check_mode, fuse
 from .results import SearchResult
 
 Reranker = PairScorer  # the role a reranker plays (kept under the name this module used first)
@@ -25,11 +26,14 @@ class Retriever:
         depth: how many candidates the index returns for reranking.
         resolve: item id -> raw content (image path/PIL or text) for the reranker. Defaults to the
             index metadata's ``path`` (joined to ``root``) or ``text`` field.
+        lexical: optional ``indexes.lexical.LexicalIndex`` (BM25 over the items' texts) for
+            ``search(mode="lexical" | "hybrid")``.
     """
 
     def __init__(self, encoder: SingleVectorEncoder | MultiVectorEncoder, index: Any, reranker: PairScorer | None = None,
                  depth: int = 50,
-                 resolve: Any = None, root: str | None = None, device: Any = None, dtype: Any = None) -> None:
+                 resolve: Any = None, root: str | None = None, device: Any = None, dtype: Any = None,
+                 lexical: Any = None) -> None:
         # device/dtype: move/cast the given encoder and reranker (None keeps each where it is)
         from ..runtime import move_model
 
@@ -39,6 +43,7 @@ class Retriever:
         self.depth = depth
         self.root = root
         self._resolve = resolve
+        self.lexical = lexical
 
     def resolve(self, item_id: str) -> Any:
         if self._resolve is not None:
@@ -70,18 +75,31 @@ class Retriever:
         return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
 
     def search(self, text: str | None = None, image: Any = None, k: int = 10, rerank: bool | None = None,
-               depth: int | None = None, filter: Any = None) -> SearchResult:
-        """Top-``k`` items for a text and/or image query; reranked when a reranker is set (and ``rerank`` is not False)."""
+               depth: int | None = None, filter: Any = None, mode: str = "dense", fusion: str = "rrf",
+               alpha: float = 0.5) -> SearchResult:
+        """Top-``k`` items for a text and/or image query; reranked when a reranker is set (and ``rerank`` is not False).
+
+        mode: ``"dense"`` (vectors), ``"lexical"`` (BM25 over the items' texts; needs a text query and an
+            index built with texts) or ``"hybrid"`` (both, fused: the top ``max(k, depth)`` of each list).
+        fusion / alpha: how hybrid lists are fused: ``"rrf"`` (reciprocal rank) or ``"weighted"``
+            (normalised scores); ``alpha`` is the dense share (see ``retrieve.fusion.fuse``).
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer; got {k!r:.40}.")
+        check_mode(mode)
+        if mode != "dense":
+            self._check_lexical(text, mode)
         timings: dict[str, float] = {}
+        if mode == "lexical":
+            return self._lexical_search(text, k, rerank, depth, filter, timings)
         t0 = time.perf_counter()
         q = self._embed_query(text, image)
         timings["encode"] = time.perf_counter() - t0
         use_rerank = self.reranker is not None and rerank is not False
         if rerank and self.reranker is None:
             raise InvalidInputError("reranking was asked for but this retriever has no reranker.")
-        depth = max(k, depth or self.depth) if use_rerank else k
+        # reranking and fusion both work on a deeper candidate list than k
+        depth = max(k, depth or self.depth) if use_rerank or mode == "hybrid" else k
         # never ask the index for more than it holds: -k 1000000000 would allocate (q, k) result arrays
         size = len(self.index) if hasattr(self.index, "__len__") else None
         if size is not None:
@@ -91,6 +109,36 @@ class Retriever:
         timings["retrieve"] = time.perf_counter() - t0
         hits = [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i is not None]
         stage = "retrieve"
+        if mode == "hybrid":  # the lexical list of the same depth, fused with the dense one
+            t0 = time.perf_counter()
+            lex_scores, lex_ids = self.lexical.search(text, depth, filter=filter)
+            hits = fuse(hits, list(zip(lex_ids, lex_scores.tolist())), method=fusion, alpha=alpha)
+            timings["lexical"] = time.perf_counter() - t0
+            stage = "hybrid"
+        return self._finish(hits, text, image, k, use_rerank, stage, timings)
+
+    def _check_lexical(self, text: str | None, mode: str) -> None:
+        if self.lexical is None:
+            raise InvalidInputError(f"mode={mode!r} needs a lexical (BM25) index, and this index has none: build it "
+                                    "with texts (xmodal index --texts FILE --text-fields caption,title, or "
+                                    "xmodal index-texts).")
+        if text is None or not str(text).strip():
+            raise InvalidInputError(f"mode={mode!r} needs a text query (BM25 matches words); use mode='dense' "
+                                    "for an image-only query.")
+
+    def _lexical_search(self, text: str, k: int, rerank: bool | None, depth: int | None, filter: Any,
+                        timings: dict[str, float]) -> SearchResult:
+        use_rerank = self.reranker is not None and rerank is not False
+        if rerank and self.reranker is None:
+            raise InvalidInputError("reranking was asked for but this retriever has no reranker.")
+        t0 = time.perf_counter()
+        scores, ids = self.lexical.search(text, max(k, depth or self.depth) if use_rerank else k, filter=filter)
+        timings["lexical"] = time.perf_counter() - t0
+        return self._finish(list(zip(ids, scores.tolist())), text, None, k, use_rerank, "lexical", timings)
+
+    def _finish(self, hits: list[tuple[str, float]], text: str | None, image: Any, k: int, use_rerank: bool,
+                stage: str, timings: dict[str, float]) -> SearchResult:
+        """Rerank the candidates (when asked), cut to ``k``, attach metadata."""
         if use_rerank and hits:
             if text is not None and image is not None:
                 raise InvalidInputError("reranking supports a text or an image query, not both at once.")
