@@ -185,7 +185,8 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
                     retriever.reranker = BatchedScorer(retriever.reranker, workers[key])
                 served[name] = Served(name, col, retriever, workers[key])
                 metrics.watch(name, lambda w=workers[key]: w.depth, col.__len__)
-                folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
+                if col.root is not None:  # a text collection has no image root
+                    folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
             yield
         finally:
             for w in workers.values():
@@ -304,14 +305,23 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
         if req.rerank and srv.reranker is None:
             raise RequestError(400, "reranking is not available: start the server with --rerank MODEL.")
         t0 = time.perf_counter()
-        res = srv.retriever.search(text=req.text, image=image, k=req.k, depth=req.depth, rerank=req.rerank)
+        res = srv.retriever.search(text=req.text, image=image, k=req.k, depth=req.depth, rerank=req.rerank,
+                                   mode=req.mode, fusion=req.fusion, alpha=req.alpha)
         total = time.perf_counter() - t0
         prefix = "" if srv is index(None) else f"/indexes/{srv.name}"
+        texts = srv.collection.kind == "texts"  # a text collection's hits carry their text, not an image URL
+
+        def hit(i: str, s: float, meta: dict[str, Any]) -> dict[str, Any]:
+            shown = {k: v for k, v in meta.items() if k != "signature"}
+            if texts:
+                return {"id": i, "score": s, "url": None, "thumbnail": None, "text": shown.get("text"), "metadata": shown}
+            return {"id": i, "score": s, "url": f"{prefix}/items/{url_quote_id(i)}/image",
+                    "thumbnail": f"{prefix}/items/{url_quote_id(i)}/image?thumb=160", "metadata": shown}
+
+        metas = res.metadata or [{} for _ in res.ids]
         return {
             "stage": res.stage,
-            "results": [{"id": i, "score": s, "url": f"{prefix}/items/{url_quote_id(i)}/image",
-                         "thumbnail": f"{prefix}/items/{url_quote_id(i)}/image?thumb=160"}
-                        for i, s in zip(res.ids, res.scores)],
+            "results": [hit(i, s, m) for i, s, m in zip(res.ids, res.scores, metas)],
             "ids": res.ids, "scores": res.scores,
             "timings": {**res.timings, "total": total},
         }
@@ -378,8 +388,12 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
     def item(request: Request, name: str | None = None) -> dict[str, Any]:
         srv = index(name)
         item_id = _item_id(request)
-        item_path(srv, item_id)
         prefix = "" if name is None else f"/indexes/{name}"
+        if srv.collection.kind == "texts":  # no image file: the text is in the metadata
+            if item_id not in srv.collection.index:
+                raise RequestError(404, f"unknown item id '{item_id}'.")
+            return {"id": item_id, "metadata": srv.collection.index.metadata(item_id), "url": None}
+        item_path(srv, item_id)
         return {"id": item_id, "metadata": srv.collection.index.metadata(item_id),
                 "url": f"{prefix}/items/{url_quote_id(item_id)}/image"}
 
@@ -484,7 +498,8 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
         return {"model": srv.model_id, "items": len(col), "engine": col.engine,
                 "dimension": srv.encoder.embedding_dim, "rerank": srv.reranker is not None,
                 "max_k": max_k, "max_upload_bytes": max_upload_bytes, "max_images": limits.max_images,
-                "search": describe() if describe else None, "indexes": list(served)}
+                "search": describe() if describe else None, "indexes": list(served), "kind": col.kind,
+                "lexical": col.lexical is not None}
 
     info_doc = dict(responses={200: {"model": S.InfoResponse}, **S.ERRORS})
     def info_default() -> dict[str, Any]:

@@ -85,6 +85,17 @@ class SearchRequest(_Request):
     depth: int | None = Field(None, description="Candidates retrieved for reranking (1..max_depth).",
                               json_schema_extra={"minimum": 1, "maximum": DEFAULTS["max_depth"]})
     rerank: bool = Field(False, description="Rerank the candidates with the cross-encoder (server started with --rerank).")
+    mode: Literal["dense", "lexical", "hybrid"] = Field(
+        "dense", description="dense (vectors), lexical (BM25 over the items' texts: needs text and an index built "
+                             "with texts, see /info 'lexical') or hybrid (both, fused).")
+    fusion: Literal["rrf", "weighted"] = Field("rrf", description="hybrid: reciprocal-rank or weighted-score fusion.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: the dense share of the fused score (0..1).")
+
+    @field_validator("mode", "fusion", "alpha", mode="before")
+    @classmethod
+    def _blank_is_default(cls, v: Any, info: ValidationInfo) -> Any:
+        # a form's empty field means the default
+        return {"mode": "dense", "fusion": "rrf", "alpha": 0.5}[info.field_name] if v == "" else v
 
     @field_validator("text", mode="before")
     @classmethod
@@ -160,8 +171,10 @@ class EmbedForm(BaseModel):
 class Hit(BaseModel):
     id: str
     score: float
-    url: str = Field(..., description="The full image: GET this URL.")
-    thumbnail: str
+    url: str | None = Field(None, description="The full image: GET this URL (None for a text collection).")
+    thumbnail: str | None = None
+    text: str | None = Field(None, description="The item's text (text collections made by `xmodal index-texts`).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="The item's metadata.")
 
 
 class SearchResponse(BaseModel):
@@ -175,7 +188,7 @@ class SearchResponse(BaseModel):
 class ItemResponse(BaseModel):
     id: str
     metadata: dict[str, Any]
-    url: str
+    url: str | None = Field(None, description="The image (None for a text collection's items).")
 
 
 class Embedding(BaseModel):
@@ -210,6 +223,8 @@ class InfoResponse(BaseModel):
     max_upload_bytes: int
     max_images: int
     search: dict[str, Any] | None
+    kind: str = Field("images", description="images, or texts (a text collection: hits carry 'text').")
+    lexical: bool = Field(False, description="The index has texts for mode=lexical|hybrid.")
     indexes: list[str] = Field(default_factory=list, description="Names served under /indexes/{name}/...")
 
 
