@@ -73,8 +73,6 @@ def test_modes_refuse_clearly(tiny_model, image_folder, tmp_path):
         r.search(text="red", mode="hybrid")
     with pytest.raises(InvalidInputError, match="unknown search mode"):
         r.search(text="red", mode="bm25")
-    with pytest.raises(InvalidInputError, match="needs texts"):
-        build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False, text_fields=["caption"])
 
 
 def _texts_file(tmp_path):
@@ -116,3 +114,15 @@ def test_text_collection_refuses_an_image_index(tiny_model, image_folder, tmp_pa
     build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False)
     with pytest.raises(InvalidInputError, match="index of images"):
         build_text_collection(_texts_file(tmp_path), tiny_model, tmp_path / "idx", show_progress=False)
+
+
+def test_text_fields_from_item_metadata_without_a_texts_file(tiny_model, image_folder, tmp_path):
+    # any metadata field of the items can be indexed (here the path; --metadata fields work the same way)
+    report = build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False, text_fields=["path"])
+    assert report.lexical_size == 12
+    r = open_collection(tmp_path / "idx").retriever(model=tiny_model)
+    assert r.search(text="yellow", k=3, mode="lexical").ids == ["img_03_yellow.png"]
+    (image_folder / "img_03_yellow.png").unlink()
+    build_collection(image_folder, tiny_model, tmp_path / "idx", show_progress=False)  # fields recorded
+    col = open_collection(tmp_path / "idx")
+    assert len(col.lexical) == 11 and col.lexical.fields == ["path"]

@@ -456,37 +456,38 @@ def sync_lexical(folder: Path | None, index: Any, *, texts: str | Path | None = 
                  records: Mapping[str, Mapping[str, Any]] | None = None) -> LexicalIndex | None:
     """The lexical (BM25) index for the items now in ``index``, updated from the last saved one in ``folder``.
 
-    Each item's fields are its index metadata overlaid with its row of the records file (``texts`` given
-    now, else the one recorded last time, else none: earlier texts are kept for items still present);
-    ``text_fields`` (else those recorded, else every text field) are joined into its text. Only new,
-    changed and removed items touch the BM25 index. None when there is no text source at all.
+    Each item's fields are its index metadata (e.g. from ``--metadata``) overlaid with its row of the records
+    file (``texts`` given now, else the one recorded last time); ``text_fields`` (else those recorded, else
+    every text field of the records file) are joined into its text. Only new, changed and removed items touch
+    the BM25 index. If a recorded texts file is gone, the texts indexed so far are kept for items still
+    present. None when there is nothing to index (no texts file, no fields named, none recorded).
     """
     previous = LexicalIndex.read(folder) if folder is not None else None
     source = str(Path(texts).resolve()) if texts is not None else (previous.source if previous else None)
-    if previous is None and source is None and records is None:
-        if text_fields:
-            raise InvalidInputError("--text-fields needs texts to index: give --texts FILE (captions, titles, ...).")
+    if previous is None and source is None and records is None and not text_fields:
         return None
     fields = list(text_fields) if text_fields else (previous.fields if previous else [ALL_TEXT_FIELDS])
-    if records is None and source is not None and (texts is not None or Path(source).is_file()):
+    if fields == [ALL_TEXT_FIELDS] and source is None and records is None:
+        raise InvalidInputError("name the fields to index with BM25 (--text-fields caption,title), or give --texts FILE.")
+    lexical = previous or LexicalIndex(fields=fields, source=source)
+    present = set(index.ids())
+    if records is None and source is not None:
+        if texts is None and not Path(source).is_file():  # the recorded file is gone: keep what was indexed
+            lexical.fields = fields
+            lexical.sync({i: t for i, t in lexical.texts().items() if i in present})
+            return lexical
         from .data.records import read_records
 
         records = {r.id: r.fields for r in read_records(source, id_field=None, require_text=False)}
-    lexical = previous or LexicalIndex(fields=fields, source=source)
     lexical.fields, lexical.source = fields, source
-    present = set(index.ids())
-    if records is None:  # the texts file is gone: keep what was indexed for items still present
-        wanted = {i: t for i, t in lexical.texts().items() if i in present}
-    else:
-        wanted = {}
-        for item_id in present:
-            row = records.get(item_id)
-            if row is None:
-                continue
-            merged = {**index.metadata(item_id), **row}
-            names = [k for k, v in row.items() if isinstance(v, str) and k not in ("id", "path", "signature")] \
-                if fields == [ALL_TEXT_FIELDS] else fields
-            wanted[item_id] = item_text(merged, names)
+    wanted: dict[str, str] = {}
+    for item_id in present:
+        row = (records or {}).get(item_id, {})
+        names = [k for k, v in row.items() if isinstance(v, str) and k not in ("id", "path", "signature")] \
+            if fields == [ALL_TEXT_FIELDS] else fields
+        text = item_text({**index.metadata(item_id), **row}, names)
+        if text:
+            wanted[item_id] = text
     lexical.sync(wanted)
     return lexical
 

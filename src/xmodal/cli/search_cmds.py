@@ -48,8 +48,8 @@ def index(
         help="Captions/titles of the images for lexical (BM25) search: JSONL/CSV/TSV keyed by relative path "
              "(a 'path' or 'id' column). Recorded: later runs re-read it."),
     text_fields: Optional[str] = typer.Option(
-        None, "--text-fields", help="Comma-separated fields of --texts to index with BM25, e.g. caption,title "
-                                    "(default: every text field)."),
+        None, "--text-fields", help="Comma-separated fields to index with BM25, e.g. caption,title: fields of --texts or of the "
+                                    "items' metadata (default with --texts: every text field of it). Recorded."),
 ) -> None:
     """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
     if (image_dir is None) == (from_embeddings is None):
