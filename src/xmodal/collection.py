@@ -298,7 +298,9 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
 
     # What changed since the last run: ids whose file is new, gone, or of another size/mtime.
     sigs = {rel: _signature(p) for rel, p in current.items()}
-    plan = plan_sync(sigs, {i: index.metadata(i).get("signature") for i in index.ids()})
+    # engines that stream (id, metadata) pairs (Milvus: no local mirror) are read in batches, not per item
+    pairs = index.metadata_items() if hasattr(index, "metadata_items") else ((i, index.metadata(i)) for i in index.ids())
+    plan = plan_sync(sigs, {i: m.get("signature") for i, m in pairs})
     todo, stale = plan.to_encode, plan.to_remove
     report.unchanged = len(plan.unchanged)
 

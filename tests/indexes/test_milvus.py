@@ -91,3 +91,41 @@ def test_milvus_lite_has_no_multi_vector_maxsim(tmp_path):
     with pytest.raises(Exception, match="not supported"):
         client.search("mv", data=[query], anns_field="tokens[tok]", limit=1, search_params={"metric_type": "MAX_SIM_IP"})
     client.close()
+
+
+def test_no_local_mirror_answers_come_from_milvus(tmp_path, monkeypatch):
+    """#20: MilvusIndex keeps no copy of ids/metadata; a reopened index (or a second client) asks Milvus."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    uri = str(tmp_path / "m.db")
+    writer = MilvusIndex(8, uri=uri, collection="t", model_id="m")
+    writer.add([f"a{i}" for i in range(50)], x, metadata=[{"n": i} for i in range(50)])
+    writer.save(tmp_path / "idx")
+    reader = load_index(tmp_path / "idx", model_id="m")
+    assert not any(isinstance(v, (dict, list, set)) and len(v) for k, v in vars(reader).items()
+                   if k not in ("index_params", "search_params"))  # nothing per item held locally
+    assert len(reader) == 50 and "a7" in reader and "zz" not in reader and reader.metadata("a7") == {"n": 7}
+    assert sorted(reader.ids(), key=lambda s: int(s[1:])) == [f"a{i}" for i in range(50)]
+    assert dict(reader.metadata_items())["a3"] == {"n": 3}
+    # changes made through the other client are seen at once (a mirror loaded at open would miss them)
+    writer.add(["b0"], x[:1] * 2, metadata=[{"n": -1}])
+    writer.remove(["a0"])
+    assert len(reader) == 50 and "b0" in reader and "a0" not in reader and reader.metadata("b0") == {"n": -1}
+    with pytest.raises(KeyError):
+        reader.metadata("a0")
+    from xmodal.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="already in the index"):
+        reader.add(["a5"], x[:1])
+    assert reader.remove(["a1", "nope"]) == 1 and len(writer) == 49
+    # metadata of search hits comes with the search: no round trip per hit
+    _, ids = reader.search(x[10:11], 5)
+    calls = []
+    real_get = reader.client.get
+    monkeypatch.setattr(reader.client, "get", lambda *a, **k: calls.append(a) or real_get(*a, **k))
+    assert [reader.metadata(i)["n"] for i in ids[0]] == [-1 if i == "b0" else int(i[1:]) for i in ids[0]]
+    assert calls == [] and "a10" in ids[0]
+    reader.update_metadata(["a10"], [{"n": 100}])  # a10 is its own nearest hit, now cached
+    assert reader.metadata("a10") == {"n": 100}  # the cached hit was dropped
+    writer.close()
+    reader.close()

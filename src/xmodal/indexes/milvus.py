@@ -7,6 +7,11 @@ index folder keeps a manifest that points at the URI and collection, so ``xmodal
 reconnects. ``index_type``/``index_params`` pick the ANN index (FLAT, HNSW, IVF_SQ8, IVF_PQ on a
 cluster, ...); ``search_params`` (``ef``, ``nprobe``) are kept in the manifest too.
 
+No local mirror: ids, counts and metadata are asked of Milvus (``count(*)``, ``get`` by primary key,
+a query iterator for all ids), so opening an index of any size costs one round trip and no memory per
+item. Reads use strong consistency (they see every earlier write of this client). The metadata of the
+latest search hits is kept in a small bounded cache, so showing results costs no round trip per hit.
+
 Late interaction: Milvus 2.6 clusters can store an array of vectors per entity (an ``ARRAY`` of
 ``STRUCT`` with a ``FLOAT_VECTOR`` sub-field) and search it with ``MAX_SIM_IP``/``MAX_SIM_COSINE``
 and an ``EmbeddingList`` query. xmodal does not use that: the Milvus Lite installed here (3.2.2,
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,6 +40,8 @@ from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, 
 
 ENGINE = "milvus"
 LITE_FILE = "milvus.db"
+STRONG = "Strong"  # read-your-writes: counts, gets and searches see every earlier insert/delete
+HIT_CACHE = 10_000  # metadata of this many recent search hits kept for display
 
 
 def _client(uri: str, token: str | None = None) -> Any:
@@ -70,13 +78,12 @@ class MilvusIndex:
         self.search_params = dict(search_params or {})  # query-time: ef, nprobe
         self.num_shards = num_shards  # cluster: write parallelism of a new collection (Milvus' default if None)
         self.client = _client(uri, token)
-        # Local mirror of ids and metadata: incremental indexing compares every item's file signature,
-        # and one round trip per item would be slow against a remote cluster.
-        self._meta: dict[str, dict[str, Any]] = {}
+        # metadata of recent search hits (bounded): results are shown with their metadata without a round trip each
+        self._hit_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
         if overwrite and self.client.has_collection(collection):
             self.client.drop_collection(collection)
         if self.client.has_collection(collection):
-            self._load_mirror()
+            pass  # nothing is read up front: ids and metadata are asked of Milvus when needed
         elif create:
             self._create()
         else:
@@ -93,36 +100,65 @@ class MilvusIndex:
         params.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric.upper(),
                          params=self.index_params)
         extra = {"num_shards": int(self.num_shards)} if self.num_shards else {}
-        self.client.create_collection(self.collection, schema=schema, index_params=params, **extra)
+        self.client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
+                                      **extra)
 
-    def _load_mirror(self) -> None:
-        it = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["id", "meta"])
-        while True:
-            rows = it.next()
-            if not rows:
-                it.close()
-                break
-            for r in rows:
-                self._meta[r["id"]] = r.get("meta") or {}
+    # ------------------------------------------------------------------ reads from Milvus (no local mirror)
+    def _get(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for s in range(0, len(ids), 1000):
+            rows.extend(self.client.get(self.collection, ids=list(ids[s:s + 1000]), output_fields=fields,
+                                        consistency_level=STRONG))
+        return rows
+
+    def _present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` Milvus holds (one round trip per 1,000 ids)."""
+        return {r["id"] for r in self._get(list(ids), ["id"])}
+
+    def _iterate(self, fields: list[str], batch_size: int = 5000) -> Iterable[dict[str, Any]]:
+        it = self.client.query_iterator(self.collection, batch_size=batch_size, filter="", output_fields=fields,
+                                        consistency_level=STRONG)
+        try:
+            while True:
+                rows = it.next()
+                if not rows:
+                    break
+                yield from rows
+        finally:
+            it.close()
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._hit_meta.pop(i, None)
 
     # ------------------------------------------------------------------ protocol
     def __len__(self) -> int:
-        return len(self._meta)
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level=STRONG)
+        return int(res[0]["count(*)"]) if res else 0
 
     def __contains__(self, item_id: str) -> bool:
-        return item_id in self._meta
+        return isinstance(item_id, str) and bool(self._get([item_id], ["id"]))
 
     def ids(self) -> list[str]:
-        return list(self._meta)
+        return [r["id"] for r in self._iterate(["id"])]
 
     def metadata(self, item_id: str) -> dict[str, Any]:
-        if item_id not in self._meta:
+        if item_id in self._hit_meta:
+            return self._hit_meta[item_id]
+        rows = self._get([item_id], ["id", "meta"]) if isinstance(item_id, str) else []
+        if not rows:
             raise KeyError(item_id)
-        return self._meta[item_id]
+        return rows[0].get("meta") or {}
+
+    def metadata_items(self) -> Iterable[tuple[str, dict[str, Any]]]:
+        """Every (id, metadata) pair, streamed from Milvus in batches (incremental indexing plans with it)."""
+        for r in self._iterate(["id", "meta"]):
+            yield r["id"], r.get("meta") or {}
 
     def add(self, ids: Sequence[str], vectors: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         vecs = as_float32_matrix(vectors, self.dim)
-        ids = check_new_ids(ids, self._meta, len(vecs))
+        ids = check_new_ids(ids, set(), len(vecs))
+        check_new_ids(ids, self._present(ids), len(vecs))  # ids Milvus already holds are refused
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidInputError(f"got {len(metadata)} metadata records for {len(ids)} ids.")
         metas = [dict(m) for m in metadata] if metadata is not None else [{} for _ in ids]
@@ -130,16 +166,14 @@ class MilvusIndex:
             rows = [{"id": i, "vector": v.tolist(), "meta": m} for i, v, m in
                     zip(ids[s:s + 1000], vecs[s:s + 1000], metas[s:s + 1000])]
             self.client.insert(self.collection, rows)
-        self._meta.update(zip(ids, metas))
 
     def remove(self, ids: Iterable[str]) -> int:
-        present = [str(i) for i in ids if str(i) in self._meta]
+        present = sorted(self._present([str(i) for i in ids]))
         if not present:
             return 0
         for s in range(0, len(present), 1000):
             self.client.delete(self.collection, ids=present[s:s + 1000])
-        for i in present:
-            del self._meta[i]
+        self._forget(present)
         return len(present)
 
     def search(self, queries: Any, k: int, filter: Iterable[str] | None = None,
@@ -150,39 +184,42 @@ class MilvusIndex:
         where_expr = to_milvus(parse_filter(where)) if where is not None else ""
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         out = np.full((len(q), k), None, dtype=object)
-        if not self._meta:
-            return scores, out
         expr = ""
         filter = as_id_filter(filter)
         if filter is not None:
-            allowed = [i for i in filter if i in self._meta]
-            if not allowed:
+            if not filter:
                 return scores, out
-            expr = f"id in {_quote(allowed)}"
+            expr = f"id in {_quote(sorted(filter))}"  # ids Milvus does not hold match nothing
         if where_expr:
             expr = f"({expr}) and {where_expr}" if expr else where_expr
         params = dict(self.search_params)
         if "ef" in params or self.index_type.startswith("HNSW"):
             params["ef"] = max(int(params.get("ef", 64)), min(k, 16384))  # HNSW needs ef >= k
-        res = self.client.search(self.collection, data=q.tolist(), limit=min(k, 16384), filter=expr, output_fields=["id"],
+        res = self.client.search(self.collection, data=q.tolist(), limit=min(k, 16384), filter=expr,
+                                 output_fields=["id", "meta"], consistency_level=STRONG,
                                  search_params={"metric_type": self.metric.upper(), "params": params})
         for n, hits in enumerate(res):
             for j, h in enumerate(hits[:k]):
                 scores[n, j] = h["distance"] if self.metric == "ip" else -h["distance"]
                 out[n, j] = h["id"]
+                self._hit_meta[h["id"]] = (h.get("entity") or {}).get("meta") or {}
+                self._hit_meta.move_to_end(h["id"])
+        while len(self._hit_meta) > HIT_CACHE:
+            self._hit_meta.popitem(last=False)
         return scores, out
 
     def update_metadata(self, item_ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> None:
         """Replace the metadata of items already stored (their vectors are read back and kept)."""
         item_ids = [str(i) for i in item_ids]
-        if len(item_ids) != len(metadata) or any(i not in self for i in item_ids):
+        if len(item_ids) != len(metadata) or len(self._present(item_ids)) != len(set(item_ids)):
             raise InvalidInputError("update_metadata needs one record per id, for ids already in the index.")
         new = dict(zip(item_ids, (dict(m) for m in metadata)))
         for s in range(0, len(item_ids), 1000):
-            rows = self.client.get(self.collection, ids=item_ids[s:s + 1000], output_fields=["id", "vector"])
+            rows = self.client.get(self.collection, ids=item_ids[s:s + 1000], output_fields=["id", "vector"],
+                                   consistency_level=STRONG)
             self.client.upsert(self.collection, [{"id": r["id"], "vector": list(r["vector"]), "meta": new[r["id"]]}
                                                  for r in rows])
-        self._meta.update(new)
+        self._forget(new)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
