@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data.images import find_images, open_image
+from .data.metadata import file_facts, read_metadata_file, sidecar
 from .errors import CorruptIndexError, IndexNotFoundError, InvalidInputError, XmodalError
 from .indexes import load_index
 from .indexes.manifest import (MANIFEST_NAME, check_compatible, check_fingerprint, check_index_target, companion_files,
@@ -55,6 +56,7 @@ class CollectionInfo:
     failed: list[list[str]] = field(default_factory=list)
     kind: str = "images"  # "images": ids are paths below root; "texts": the items are texts (index-texts)
     source: str | None = None  # texts: the records file the collection was built from
+    metadata_file: str | None = None  # the --metadata file, read again by later updates
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -74,7 +76,8 @@ class CollectionInfo:
                                     "({root, model, engine, failed}). Rebuild the index with `xmodal index`.")
         return cls(root=d.get("root"), model=d.get("model"), engine=d.get("engine") or "faiss",
                    failed=[list(f) if isinstance(f, (list, tuple)) else [str(f), ""] for f in d.get("failed", [])],
-                   kind=str(d.get("kind") or "images"), source=d.get("source"))
+                   kind=str(d.get("kind") or "images"), source=d.get("source"),
+                   metadata_file=d.get("metadata_file") if isinstance(d.get("metadata_file"), str) else None)
 
     @staticmethod
     def location(folder: str | Path) -> Path | None:
@@ -133,6 +136,8 @@ class BuildReport:
     seconds: float = 0.0
     index_size: int = 0
     unit: str = "images"  # what the items are ("texts" for index-texts)
+    metadata_updated: int = 0  # unchanged files whose metadata (manifest/sidecar) changed: updated, not re-encoded
+    metadata_unmatched: int = 0  # records of the --metadata file naming no image of the folder
     lexical_size: int | None = None  # items with a text in the lexical (BM25) index; None: none built
 
     def summary(self) -> str:
@@ -140,6 +145,10 @@ class BuildReport:
              f"{len(self.failed)} failed; index holds {self.index_size} items ({self.seconds:.1f} s)")
         if self.resumed:
             s += f"; {self.resumed} resumed from an interrupted run"
+        if self.metadata_updated:
+            s += f"; metadata updated for {self.metadata_updated} unchanged {self.unit}"
+        if self.metadata_unmatched:
+            s += f"; {self.metadata_unmatched} metadata records match no image"
         if self.lexical_size is not None:
             s += f"; lexical (BM25) index: {self.lexical_size} texts"
         return s
@@ -238,6 +247,7 @@ def build_collection(
     allow_model_mismatch: bool = False,
     texts: str | Path | None = None,
     text_fields: Sequence[str] | None = None,
+    metadata: str | Path | None = None,
     **index_options: Any,
 ) -> BuildReport:
     """Index (or update the index of) every image below ``image_dir`` into the folder ``out``.
@@ -254,6 +264,10 @@ def build_collection(
         texts: a records file (``data.records``: JSONL/CSV/TSV keyed by relative path in a ``path`` or ``id``
             column) whose fields give each image its text for lexical (BM25) search; recorded, so later
             runs re-read it. ``text_fields`` picks the fields (default: every text field of the file).
+        metadata: a CSV/TSV/JSONL file of per-image fields keyed by relative path (``data.metadata``); later
+            updates read the recorded file again. JSON sidecars (``photo.jpg.json``) and file facts (size,
+            mtime, width, height, EXIF date) are always recorded. A change of metadata alone updates the
+            item's metadata without re-encoding it.
         index_options: passed to the engine factory, e.g. ``kind="hnsw"`` for FAISS.
 
     Tests crash a run at a chosen step with ``xmodal.io.set_fault_hook`` (steps ``collection:chunk-saved``,
@@ -265,13 +279,13 @@ def build_collection(
         return _build_locked(image_dir, model, out, engine=engine, batch_size=batch_size, chunk_size=chunk_size,
                              workers=workers, show_progress=show_progress,
                              allow_model_mismatch=allow_model_mismatch, index_options=index_options,
-                             texts=texts, text_fields=text_fields)
+                             texts=texts, text_fields=text_fields, metadata=metadata)
 
 
 def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_size: int, chunk_size: int,
                   workers: int, show_progress: bool, allow_model_mismatch: bool,
                   index_options: dict[str, Any], texts: str | Path | None = None,
-                  text_fields: Sequence[str] | None = None) -> BuildReport:
+                  text_fields: Sequence[str] | None = None, metadata: str | Path | None = None) -> BuildReport:
     from .models.fingerprint import weights_fingerprint
 
     t_start = time.perf_counter()
@@ -289,6 +303,9 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
     files = find_images(image_dir)
     report = BuildReport(total=len(files))
     current = {p.relative_to(image_dir).as_posix(): p for p in files}
+    metadata_file = str(Path(metadata).resolve()) if metadata else (info.metadata_file if info is not None else None)
+    user_meta = read_metadata_file(metadata_file) if metadata_file else {}  # read before any work: bad files fail fast
+    report.metadata_unmatched = sum(1 for rel in user_meta if rel not in current)
 
     if existing:  # an earlier complete run: update it
         index = load_index(out, model_id=model.model_id, dimension=model.embedding_dim)
@@ -303,6 +320,15 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
     plan = plan_sync(sigs, {i: m.get("signature") for i, m in pairs})
     todo, stale = plan.to_encode, plan.to_remove
     report.unchanged = len(plan.unchanged)
+    # metadata-only changes (manifest rows, sidecars) of unchanged files: new records, no re-encoding
+    meta_updates = {}
+    for rel in plan.unchanged:
+        stored = index.metadata(rel)
+        # facts of an unchanged file are those recorded (an index of an older version gets them once)
+        facts = {k: stored[k] for k in FACT_KEYS if k in stored} if "size" in stored else file_facts(current[rel])
+        wanted = _record(rel, sigs[rel], facts, user_meta, current[rel])
+        if wanted != stored:
+            meta_updates[rel] = wanted
 
     build_dir = out / BUILD_DIR
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -359,12 +385,17 @@ def _build_locked(image_dir: Path, model: Any, out: Path, *, engine: str, batch_
     new_ids = [rel for rel in todo if rel in encoded and encoded[rel][1] == sigs[rel]]
     report.removed = index.remove(stale) if stale else 0
     if new_ids:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # header reads only
+            facts = list(pool.map(lambda r: file_facts(current[r]), new_ids))
         index.add(new_ids, np.stack([encoded[r][0] for r in new_ids]),
-                  metadata=[{"path": r, "signature": encoded[r][1]} for r in new_ids])
+                  metadata=[_record(r, encoded[r][1], f, user_meta, current[r]) for r, f in zip(new_ids, facts)])
+    if meta_updates:
+        index.update_metadata(list(meta_updates), list(meta_updates.values()))
+    report.metadata_updated = len(meta_updates)
     report.added = len(new_ids)
     fault_point("collection:merged")
     record = CollectionInfo(root=str(image_dir), model=model_name, engine=index.engine,
-                            failed=[list(f) for f in report.failed])
+                            failed=[list(f) for f in report.failed], metadata_file=metadata_file)
     companions = {COLLECTION_FILE: record.to_bytes()}
     lexical = sync_lexical(out if existing else None, index, texts=texts, text_fields=text_fields)
     if lexical is not None:
@@ -444,6 +475,16 @@ def build_text_collection(file: str | Path, model: Any, out: str | Path, *, engi
         report.lexical_size = len(lexical) if lexical is not None else None
         report.seconds = time.perf_counter() - t_start
         return report
+
+
+FACT_KEYS = ("size", "mtime", "width", "height", "taken")
+
+
+def _record(rel: str, signature: list[int], facts: Mapping[str, Any], user_meta: Mapping[str, Mapping[str, Any]],
+            path: Path) -> dict[str, Any]:
+    """An item's metadata: file facts, then the manifest's fields, then its sidecar's; ``path``/``signature`` last
+    (they are the collection's own bookkeeping and cannot be overridden)."""
+    return {**facts, **user_meta.get(rel, {}), **sidecar(path), "path": rel, "signature": list(signature)}
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:

@@ -50,6 +50,11 @@ def index(
     text_fields: Optional[str] = typer.Option(
         None, "--text-fields", help="Comma-separated fields to index with BM25, e.g. caption,title: fields of --texts or of the "
                                     "items' metadata (default with --texts: every text field of it). Recorded."),
+    metadata: Optional[Path] = typer.Option(
+        None, "--metadata",
+        help="CSV/TSV/JSONL of per-image fields keyed by the path relative to IMAGE_DIR (column path/file/filename/"
+             "image/id), for search --where; read again by later updates. JSON sidecars (photo.jpg.json) and file "
+             "facts (size, mtime, width, height, EXIF date) are always recorded."),
 ) -> None:
     """Index a folder of images (re-runs encode only new/changed files and drop deleted ones), or embedding shards."""
     if (image_dir is None) == (from_embeddings is None):
@@ -66,7 +71,7 @@ def index(
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
                           show_progress=not quiet, allow_model_mismatch=allow_model_mismatch,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None),
-                          texts=texts, text_fields=split_fields(text_fields))
+                          texts=texts, text_fields=split_fields(text_fields), metadata=metadata)
     typer.echo(report.summary())
     if report.search_settings:
         typer.echo(f"search settings: {report.search_settings}")
@@ -123,12 +128,20 @@ def search(
                                 "lexical/hybrid need a text query and an index built with texts."),
     fusion: str = typer.Option("rrf", "--fusion", help="hybrid: rrf (reciprocal rank) or weighted (normalised scores)."),
     alpha: float = typer.Option(0.5, "--alpha", help="hybrid: the dense share of the fused score, 0..1."),
+    where: Optional[str] = typer.Option(
+        None, "--where", "-w",
+        help='Metadata filter, e.g. \'camera = "X100" and year >= 2020 and not tags in ["private"]\' (docs/filters.md).'),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first (paging)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this."),
+    dedup: Optional[float] = typer.Option(
+        None, "--dedup", help="Drop near-duplicates: results with cosine similarity >= this (e.g. 0.98) to a better one."),
 ) -> None:
     """Search an index by text and/or image; prints rank, score, id and path (or text, for a text collection)."""
     from ..pipelines import search as run_search
 
     hits = run_search(index_dir, query, image, k=k, model=model, rerank=rerank, depth=depth, gallery=gallery,
-                      allow_model_mismatch=allow_model_mismatch, mode=mode, fusion=fusion, alpha=alpha)
+                      allow_model_mismatch=allow_model_mismatch, mode=mode, fusion=fusion, alpha=alpha, where=where,
+                      offset=offset, min_score=min_score, dedup=dedup)
     if as_json:
         typer.echo(json.dumps(hits.to_dict()))
         return

@@ -46,9 +46,11 @@ class FilterSyntaxError(InvalidInputError):
 
     def __init__(self, message: str, text: str, pos: int) -> None:
         self.text, self.pos = text, pos
-        snippet = text if len(text) <= 120 else text[max(0, pos - 40):pos + 40]
-        caret_at = pos if len(text) <= 120 else min(pos, 40)
-        super().__init__(f"bad filter at column {pos + 1}: {message}\n  {snippet}\n  {' ' * caret_at}^")
+        before, after = text[max(0, pos - 60):pos], text[pos:pos + 60]
+        before = ("..." if pos > 60 else "") + before
+        after = after + ("..." if len(text) > pos + 60 else "")
+        # one line: the message, then the filter with ">>" marking where it went wrong
+        super().__init__(f"bad filter at column {pos + 1}: {message} [{before}>>{after}]".replace("\n", " "))
 
 
 Value = Union[str, float, int, bool]

@@ -42,7 +42,8 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
                  kind: str | None = None, nbits: int | None = None, uri: str | None = None,
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
                  show_progress: bool = True, target_recall: float | None = None, texts: str | Path | None = None,
-                 text_fields: Sequence[str] | None = None, **index_options: Any) -> FolderIndex:
+                 text_fields: Sequence[str] | None = None, metadata: str | Path | None = None,
+                 **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
     Args:
@@ -56,6 +57,8 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
         texts / text_fields: a records file (JSONL/CSV/TSV keyed by relative path: a ``path`` or ``id`` column)
             giving images texts (captions, titles, ...) and the fields of it to index with BM25, for
             ``search(mode="lexical"|"hybrid")``; recorded, so later runs re-read the file.
+        metadata: CSV/TSV/JSONL of per-image fields keyed by relative path, for ``search(where=...)`` (see
+            ``build_collection``); recorded, so later runs re-read the file.
         index_options: passed as they are to the engine's factory.
     """
     spec = get_engine(engine or default_engine())
@@ -64,7 +67,8 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
     options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection,
                                             target_recall=target_recall), **index_options}
     report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
-                              show_progress=show_progress, texts=texts, text_fields=text_fields, **options)
+                              show_progress=show_progress, texts=texts, text_fields=text_fields, metadata=metadata,
+                              **options)
     return FolderIndex(report, search_settings(out))
 
 
