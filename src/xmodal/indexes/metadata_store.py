@@ -54,6 +54,15 @@ def _entries(meta: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, b
             yield name, False, v if type_class(v) is not None else None
 
 
+def _utf8(v: str) -> str:
+    """Text Arrow can hold: a file name that is not UTF-8 (surrogate escapes) keeps its bytes as \\xNN escapes."""
+    try:
+        v.encode("utf-8")
+        return v
+    except UnicodeEncodeError:
+        return v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Field:
     """The rows of one field, split by value type (numpy for numbers/bools/rows, Arrow for text)."""
 
@@ -101,7 +110,7 @@ class MetadataStore:
                 cols["field"].append(name)
                 cols["list"].append(in_list)
                 cols["num"].append(float(v) if t == "num" else None)
-                cols["str"].append(v if t == "str" else None)
+                cols["str"].append(_utf8(v) if t == "str" else None)
                 cols["bool"].append(v if t == "bool" else None)
         return pa.table(cols, schema=_schema())
 

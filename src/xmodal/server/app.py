@@ -306,7 +306,8 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
             raise RequestError(400, "reranking is not available: start the server with --rerank MODEL.")
         t0 = time.perf_counter()
         res = srv.retriever.search(text=req.text, image=image, k=req.k, depth=req.depth, rerank=req.rerank,
-                                   mode=req.mode, fusion=req.fusion, alpha=req.alpha)
+                                   mode=req.mode, fusion=req.fusion, alpha=req.alpha, where=req.where,
+                                   offset=req.offset, min_score=req.min_score, dedup=req.dedup)
         total = time.perf_counter() - t0
         prefix = "" if srv is index(None) else f"/indexes/{srv.name}"
         texts = srv.collection.kind == "texts"  # a text collection's hits carry their text, not an image URL

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from ..data.ids import is_utf8_text
+from ..errors import InvalidInputError
 
 DEFAULTS = {"max_k": 100, "max_depth": 500, "max_text_chars": 1000}
+MAX_OFFSET = 10_000  # paging deeper than this is a crawl, not a search
 TRUE_WORDS = ("1", "true", "yes", "on")
 
 
@@ -90,6 +92,47 @@ class SearchRequest(_Request):
                              "with texts, see /info 'lexical') or hybrid (both, fused).")
     fusion: Literal["rrf", "weighted"] = Field("rrf", description="hybrid: reciprocal-rank or weighted-score fusion.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: the dense share of the fused score (0..1).")
+    where: str | None = Field(None, description='Metadata filter, e.g. camera = "X100" and year >= 2020 (docs/filters.md).',
+                              json_schema_extra={"maxLength": 10_000})
+    offset: int = Field(0, description="Skip this many results first (paging: offset=k is the second page).",
+                        json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
+    min_score: float | None = Field(None, description="Drop results scoring below this.")
+    dedup: float | None = Field(None, description="Drop near-duplicates: cosine similarity >= this (0..1] to a better result.")
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where(cls, v: Any) -> str | None:
+        if v in (None, ""):
+            return None
+        if not isinstance(v, str):
+            raise fail(422, "where must be a filter expression (a string).")
+        from ..indexes.filters import parse_filter
+
+        try:
+            parse_filter(v)
+        except InvalidInputError as e:
+            raise fail(422, str(e)) from None
+        return v
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _offset(cls, v: Any) -> int:
+        return 0 if v in (None, "") else in_range("offset", whole_number("offset", v), 0, MAX_OFFSET)
+
+    @field_validator("min_score", "dedup", mode="before")
+    @classmethod
+    def _number(cls, v: Any, info: ValidationInfo) -> float | None:
+        if v in (None, ""):
+            return None
+        try:
+            x = float(v) if not isinstance(v, bool) else float("nan")
+        except (TypeError, ValueError):
+            x = float("nan")
+        if x != x or x in (float("inf"), float("-inf")):
+            raise fail(422, f"{info.field_name} must be a number; got {v!r:.40}.")
+        if info.field_name == "dedup" and not 0 < x <= 1:
+            raise fail(422, f"dedup must be in (0, 1]; got {x}.")
+        return x
 
     @field_validator("mode", "fusion", "alpha", mode="before")
     @classmethod
