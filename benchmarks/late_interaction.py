@@ -8,8 +8,11 @@ The peer, fast-plaid (PyPI), pins its own torch, so it runs in its own venv
 
     python benchmarks/late_interaction.py                        # 50k docs x 32 tokens x 128 dims
     python benchmarks/late_interaction.py --docs 20000 --no-peer
-    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --curve 4:64,8:256,16:1024 \
-        --peer-curve 4:1024,8:4096,16:8192               # recall-vs-latency curves on hard tokens
+    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --curve 4:64,8:256:1024:0.4 \
+        --peer-curve 4:1024,8:4096 --full-vectors         # recall-vs-latency curves on hard tokens
+
+Both engines are timed the same way: one batched search call over all queries, divided by their number.
+xmodal curve settings are nprobe:ncandidates[:ninteract[:centroid_threshold]] (see MultiVectorIndex).
 """
 
 from __future__ import annotations
@@ -122,15 +125,18 @@ def main() -> None:
                     help="topics: well-separated (every setting reaches ~1.0); hard: 2,000 shared centres, heavy noise, "
                          "queries = 8 noisy tokens of one document + 8 random tokens (use --docs 5000 --nbits 2)")
     ap.add_argument("--curve", default=None,
-                    help="xmodal nprobe:ncandidates settings for a recall-vs-latency curve, e.g. 4:64,8:256,16:1024 "
-                         "(default: the index defaults only)")
+                    help="xmodal nprobe:ncandidates[:ninteract[:centroid_threshold]] settings for a recall-vs-latency "
+                         "curve, e.g. 4:64,8:256:1024:0.4 (0 or empty = the index default; the defaults row is always run)")
+    ap.add_argument("--full-vectors", action="store_true",
+                    help="also store float16 token vectors in xmodal's index and run the curve re-scoring with them")
+    ap.add_argument("--centroids", type=int, default=None, help="xmodal k-means centroids (default: the index rule)")
     ap.add_argument("--peer-curve", default="8:4096",
                     help="fast-plaid n_ivf_probe:n_full_scores settings (its defaults: 8:4096)")
     args = ap.parse_args()
 
     make = make_hard_data if args.data == "hard" else make_data
     docs, queries = make(args.docs, args.tokens, args.dim, args.queries, args.query_tokens)
-    curve = [tuple(int(v) for v in c.split(":")) for c in args.curve.split(",")] if args.curve else [None]
+    curve = [None] + ([c.split(":") for c in args.curve.split(",")] if args.curve else [])
     peer_curve = [[int(v) for v in c.split(":")] for c in args.peer_curve.split(",")]
     t0 = time.perf_counter()
     truth = exact_maxsim_topk(list(queries), list(docs), args.k)
@@ -142,26 +148,33 @@ def main() -> None:
         np.save(f"{work}/docs.npy", docs)
         np.save(f"{work}/queries.npy", queries)
         for nbits in [int(b) for b in args.nbits.split(",")]:
-            index = MultiVectorIndex(args.dim, nbits=nbits)
+            index = MultiVectorIndex(args.dim, nbits=nbits, n_centroids=args.centroids, full_vectors=args.full_vectors)
             t0 = time.perf_counter()
             index.add([str(i) for i in range(len(docs))], docs)
             build = time.perf_counter() - t0
             index.search(queries[:2], args.k)  # warm-up (inverted lists are built lazily)
             saved = index.save(Path(work) / f"xmodal-{nbits}")
             disk = sum(f.stat().st_size for f in saved.iterdir())
-            defaults = (index.params["nprobe"], index.params["ncandidates"])
-            for setting in curve:
-                if setting is not None:
-                    index.params["nprobe"], index.params["ncandidates"] = setting
-                t0 = time.perf_counter()
-                _, ids = index.search(queries, args.k)
-                lat = (time.perf_counter() - t0) / len(queries)
-                found = [[int(x) for x in row if x is not None] for row in ids]
-                label = "defaults" if setting is None else f"{setting[0]}:{setting[1]}"
-                rows.append(("xmodal", nbits, label, recall(found, truth), 1000 * lat, index.bytes_per_token(),
-                             disk / index.num_tokens, build))
-                print(f"  xmodal nbits={nbits} {label}: recall@10 {rows[-1][3]:.3f}, {rows[-1][4]:.1f} ms/query", flush=True)
-            index.params["nprobe"], index.params["ncandidates"] = defaults
+            names = ("nprobe", "ncandidates", "ninteract", "centroid_threshold")
+            defaults = {n: index.params[n] for n in names}
+            print(f"  xmodal nbits={nbits}: {index.params['n_centroids']} centroids, built in {build:.1f} s", flush=True)
+            for full in ([False, True] if args.full_vectors else [False]):
+                index.params["full_vectors"] = full
+                for setting in curve:
+                    index.params.update(defaults)
+                    for name, v in zip(names, setting or []):
+                        if v not in ("", "0"):
+                            index.params[name] = float(v) if name == "centroid_threshold" else int(v)
+                    t0 = time.perf_counter()
+                    _, ids = index.search(queries, args.k)
+                    lat = (time.perf_counter() - t0) / len(queries)
+                    found = [[int(x) for x in row if x is not None] for row in ids]
+                    label = "defaults" if setting is None else ":".join(setting)
+                    label += "+fp16" if full else ""
+                    rows.append(("xmodal", nbits, label, recall(found, truth), 1000 * lat, index.bytes_per_token(),
+                                 disk / index.num_tokens, build))
+                    print(f"  xmodal nbits={nbits} {label}: recall@10 {rows[-1][3]:.3f}, {rows[-1][4]:.1f} ms/query", flush=True)
+            index.params.update(defaults, full_vectors=args.full_vectors)
             print(f"  xmodal nbits={nbits} done", flush=True)
             if peer is not None:
                 r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k), json.dumps(peer_curve)],
@@ -174,12 +187,13 @@ def main() -> None:
                     rows.append(("fast-plaid", nbits, "{}:{}".format(*run["setting"]), recall(run["ids"], truth),
                                  1000 * run["latency"], float("nan"), out["bytes"] / docs.shape[0] / docs.shape[1], out["build"]))
                 print(f"  fast-plaid nbits={nbits} done", flush=True)
-    print(f"\n{'engine':<11}{'nbits':>6}{'setting':>11}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}"
+    print(f"\n{'engine':<11}{'nbits':>6}{'setting':>22}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}"
           f"{'B/token (disk)':>16}{'build s':>9}")
     for eng, nb, label, rec, ms, bpt, disk, build in rows:
-        print(f"{eng:<11}{nb:>6}{label:>11}{rec:>11.3f}{ms:>10.1f}{bpt:>17.1f}{disk:>16.1f}{build:>9.1f}")
+        print(f"{eng:<11}{nb:>6}{label:>22}{rec:>11.3f}{ms:>10.1f}{bpt:>17.1f}{disk:>16.1f}{build:>9.1f}")
     print("\nrecall@10 against exact MaxSim top-10; B/token (disk) = whole index folder / tokens (centroids, lists included);"
-          "\nsetting = xmodal nprobe:ncandidates, fast-plaid n_ivf_probe:n_full_scores")
+          "\nsetting = xmodal nprobe:ncandidates[:ninteract[:centroid_threshold]] (+fp16: re-scored with stored float16 "
+          "vectors; its B/token includes them), fast-plaid n_ivf_probe:n_full_scores; ms/query = one batched call / queries")
 
 
 if __name__ == "__main__":
