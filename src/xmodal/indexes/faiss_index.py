@@ -375,6 +375,9 @@ class FaissIndex:
             # search ~10x slower than raw FAISS whenever other processes kept the cores busy.
             scores, pos = faiss.downcast_index(self._index.index).search(q, k)
             return scores, self._labels_by_position()[pos]
+        if filter is None:  # tombstones only: a cached bitmap over positions, searched the same direct way
+            scores, pos = faiss.downcast_index(self._index.index).search(q, k, params=_segments.tombstone_params(self))
+            return scores, self._labels_by_position()[pos]
         return self._index.search(q, k, params=params)
 
     def search(
