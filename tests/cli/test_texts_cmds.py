@@ -67,3 +67,19 @@ def test_index_with_texts_and_mode_errors(tiny_model_dir, image_folder, tmp_path
     ]:
         code, out, err = cli(capsys, *args)
         assert code == 2 and expected in err and "Traceback" not in err, (args, out, err)
+
+
+def test_metadata_fields_as_texts_with_a_filter(tiny_model_dir, image_folder, tmp_path, capsys):
+    meta = tmp_path / "meta.csv"
+    meta.write_text("path,caption,shop\nimg_03_yellow.png,yellow ball SKU YB-1,north\n"
+                    "img_04_purple.png,purple ball SKU YB-1,south\n")
+    idx = tmp_path / "idx"
+    code, _, err = cli(capsys, "index", str(image_folder), "--model", str(tiny_model_dir), "--out", str(idx), "-q",
+                       "--metadata", str(meta), "--text-fields", "caption")
+    assert code == 0, err
+    code, out, err = cli(capsys, "search", str(idx), "YB-1", "--mode", "hybrid", "--where", 'shop = "south"', "--json")
+    assert code == 0, err
+    hits = json.loads(out)
+    assert hits["ids"][0] == "img_04_purple.png" and "img_03_yellow.png" not in hits["ids"]
+    code, out, _ = cli(capsys, "search", str(idx), "YB-1", "--mode", "lexical", "--json")
+    assert sorted(json.loads(out)["ids"]) == ["img_03_yellow.png", "img_04_purple.png"]
