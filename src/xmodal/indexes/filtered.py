@@ -12,8 +12,8 @@ mask becomes a ``faiss.IDSelectorBitmap`` over the positions of the wrapped inde
   every list probed);
 - HNSW above that: graph search with the selector, its beam (efSearch) widened by
   ``(1/fraction) ** WIDEN`` so that it holds about as many allowed nodes as an unfiltered search;
-- IVF-PQ above that: the inverted lists probed with the selector and ``nprobe`` widened the same way
-  (the nearest allowed items lie farther away, in more lists).
+- IVF-PQ above that: the inverted lists probed with the selector and ``nprobe`` widened by
+  ``(1/fraction) ** IVF_WIDEN`` (the nearest allowed items lie farther away, in more lists).
 
 ``benchmarks/filtered_search.py`` measures recall@10 against exact filtered search and latency
 against unfiltered search for these choices.
@@ -31,7 +31,8 @@ except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
     raise ImportError("filtered FAISS search needs faiss: `pip install faiss-cpu`") from e
 
 EXACT_ITEMS = 2048  # at most this many allowed items: score them all exactly instead of searching the ANN structure
-WIDEN = 0.5  # HNSW efSearch / IVF nprobe grow by (1/fraction) ** WIDEN for the filters above EXACT_ITEMS
+WIDEN = 0.5  # HNSW efSearch grows by (1/fraction) ** WIDEN for the filters above EXACT_ITEMS
+IVF_WIDEN = 1.0  # IVF nprobe grows by (1/fraction) ** IVF_WIDEN (measured: sqrt left recall@10 at 0.86 for a 50% filter)
 
 
 def _bitmap(mask: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -121,7 +122,7 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
         ef = int(min(max(len(index), k), np.ceil(max(int(p["ef_search"]), k) * widen)))
         target, params = inner, faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
     else:
-        target, params = _ivf_plan(inner, sel, k, widen, exact, p)
+        target, params = _ivf_plan(inner, sel, k, (1.0 / fraction) ** IVF_WIDEN, exact, p)
     params._keep = (sel, bits, getattr(params, "base_index_params", None))
     scores, pos = target.search(q, k, params=params)
     labels = np.where(pos >= 0, np.concatenate([pos_labels, [-1]])[pos], -1)
