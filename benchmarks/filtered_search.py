@@ -4,7 +4,8 @@ Vectors: ``--n`` x ``--dim`` (default 100k x 512) unit vectors drawn around 1,00
 real embeddings, which are clustered; pure Gaussian noise has no neighbours worth finding). Metadata:
 ``bucket`` (uniform integer 0..9999, independent of the vectors: the filter cannot follow the clusters)
 and ``color``. Filters keep 50%, 5%, 0.5% and 0.05% of the items. For each engine (FAISS HNSW and
-IVF-PQ at their defaults, flat as the exact reference) the same queries run unfiltered and filtered,
+IVF-PQ, their search settings the cheapest reaching recall@10 >= 0.95 unfiltered on these queries; exact
+search in numpy as the reference) the same queries run unfiltered and filtered,
 interleaved query by query (one query per call, one thread: a server's single request), so machine
 noise falls on both sides alike. Latency of a filtered query includes evaluating the filter on the
 columnar metadata store. Targets: recall@10 >= 0.95 at every selectivity, latency <= 2x unfiltered.
@@ -33,6 +34,9 @@ import numpy as np
 from xmodal.indexes.faiss_index import FaissIndex
 from xmodal.indexes.metadata_store import MetadataStore
 
+GRID = {"hnsw": [{"ef_search": e} for e in (16, 32, 64, 128, 256, 512)],
+        "ivfpq": [{"nprobe": p, "k_factor": f} for p, f in ((16, 4), (32, 4), (32, 8), (64, 8), (64, 16), (128, 16),
+                                                             (128, 32), (256, 32))]}
 FILTERS = [("50%", "bucket < 5000"), ("5%", "bucket < 500"), ("0.5%", "bucket < 50"), ("0.05%", "bucket < 5")]
 
 
@@ -126,7 +130,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="hnsw,ivfpq")
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--target-recall", type=float, default=0.95,
-                    help="unfiltered search settings tuned to this recall@10 first, as `xmodal index` does (0: defaults)")
+                    help="unfiltered baseline: the cheapest search setting reaching this recall@10 on the queries")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -152,14 +156,18 @@ def main() -> None:
         if kind == "ivfpq":
             index.train(x[rng.choice(args.n, min(args.n, 30_000), replace=False)])
         index.add(ids, x, metadata=metas)
-        if args.target_recall:
-            index.tune(args.target_recall, sample=300)
         build = time.perf_counter() - t0
         faiss.omp_set_num_threads(1)
-        _, plain_ids = index.search(q, args.k)
+        # the unfiltered baseline: the cheapest setting whose recall@10 on these queries reaches the target, so
+        # a filtered recall below the target is the filter's doing, not the ANN settings'
+        for setting in GRID[kind]:
+            index.set_search_params(**setting)
+            _, plain_ids = index.search(q, args.k)
+            if recall(plain_ids, truth_plain) >= args.target_recall:
+                break
         settings = ", ".join(f"{key}={v}" for key, v in index.describe_search()["search_params"].items())
         rows.append([kind, "none (100%)", f"{recall(plain_ids, truth_plain):.3f}", "", "", "1.00x",
-                     f"build+tune {build:.0f} s; {settings}"])
+                     f"build {build:.0f} s; {settings}"])
         print(" | ".join(rows[-1]), flush=True)
         for label, expr in FILTERS:
             t_plain, t_filt, found = timed_pair(index, q, args.k, expr)
