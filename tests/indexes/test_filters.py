@@ -129,3 +129,10 @@ def test_store_replace_and_compact():
     assert store.mask("a = 2", 3).tolist() == [False, False, False]
     kept = store.compacted(np.array([True, False, True]))
     assert kept.mask("exists(a)", 3).tolist() == [True, False, True]
+
+
+def test_store_takes_ids_of_non_utf8_file_names():
+    """Regression: a path with surrogate escapes (a non-UTF-8 file name) made the Arrow text column fail."""
+    store = MetadataStore.from_records([{"path": "caf\udce9.jpg"}, {"path": "plain.jpg"}])
+    assert store.mask('path = "plain.jpg"', 2).tolist() == [False, True]
+    assert store.mask("exists(path)", 2).tolist() == [True, True]
