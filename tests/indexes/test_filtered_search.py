@@ -139,3 +139,19 @@ def test_multivector_where_equals_brute_force(nbits):
                 assert len(row) == K and set(row) <= {ids[i] for i in keep}
     index.update_metadata(["d1"], [{"color": "violet"}])
     assert hits(index.search(queries, K, where='color = "violet"')[1]) == [["d1"]] * 3
+
+
+def test_non_utf8_file_names_in_metadata_save_and_filter(tmp_path):
+    """Regression: a file name read from a non-UTF-8 directory entry carries surrogate escapes; Arrow
+    refused it, so saving an index with such metadata crashed, and a filter on that name never matched."""
+    import os
+
+    odd = os.fsdecode(b"caf\xe9.png")  # "caf\udce9.png"
+    vecs = np.eye(3, dtype=np.float32)
+    index = FaissIndex(dim=3, kind="flat")
+    index.add([odd, "b.png", "c.png"], vecs, metadata=[{"path": odd}, {"path": "b.png"}, {"path": "c.png"}])
+    index.save(tmp_path / "idx")
+    loaded = FaissIndex.load(tmp_path / "idx")
+    _, ids = loaded.search(vecs[:1], k=3, where=f'path = "{odd}"')
+    assert [i for i in ids[0] if i is not None] == [odd]
+    assert loaded.metadata(odd) == {"path": odd}

@@ -107,7 +107,7 @@ class MetadataStore:
             for name, in_list, v in _entries(meta):
                 t = type_class(v)
                 cols["row"].append(int(row))
-                cols["field"].append(name)
+                cols["field"].append(_utf8(name))
                 cols["list"].append(in_list)
                 cols["num"].append(float(v) if t == "num" else None)
                 cols["str"].append(_utf8(v) if t == "str" else None)
@@ -209,7 +209,7 @@ class MetadataStore:
             return out
         if isinstance(expr, Not):
             return ~self._eval(expr.item, n)
-        f = self._by_field().get(expr.field)
+        f = self._by_field().get(_utf8(expr.field))
         out = np.zeros(n, dtype=bool)
         if f is None:
             return out
@@ -245,7 +245,7 @@ class MetadataStore:
             rows, dense = f.num_rows, f.num_dense
         else:
             fn = {"=": pc.equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
-            per_value = np.asarray(fn(f.str_dict, pa.scalar(value, f.str_dict.type)).to_numpy(zero_copy_only=False), dtype=bool)
+            per_value = np.asarray(fn(f.str_dict, pa.scalar(_utf8(value), f.str_dict.type)).to_numpy(zero_copy_only=False), dtype=bool)
             hit = per_value[f.str_codes] if len(per_value) else np.zeros(0, dtype=bool)
             if op != "=":
                 hit &= ~f.str_list
