@@ -37,6 +37,12 @@ def index(
         None, help="FAISS hnsw/ivfpq: tune efSearch/nprobe/refine to the smallest setting whose recall@10 against exact "
                    "search (on a sample of the collection's own vectors) reaches this; saved and printed. "
                    "Default 0.95 for ANN kinds; 0 skips tuning."),
+    quantize: Optional[str] = typer.Option(
+        None, help="FAISS flat: store none (float32, default), fp16, int8 (per-dimension calibrated ranges) or binary "
+                   "(sign bits) codes; fixed when the index is created."),
+    rescore: Optional[str] = typer.Option(
+        None, help="--quantize: re-score the top candidates against an fp16 or int8 copy (memory-mapped from the "
+                   "index file): auto (int8 -> fp16, binary -> int8, fp16 -> none), none, fp16 or int8."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -69,7 +75,8 @@ def index(
     ann = kind in ("hnsw", "ivfpq")  # flat is exact; an existing index keeps the target saved in its manifest
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
-                          show_progress=not quiet, allow_model_mismatch=allow_model_mismatch,
+                          show_progress=not quiet, allow_model_mismatch=allow_model_mismatch, quantize=quantize,
+                          rescore=rescore,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None),
                           texts=texts, text_fields=split_fields(text_fields), metadata=metadata)
     typer.echo(report.summary())

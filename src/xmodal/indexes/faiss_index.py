@@ -17,6 +17,7 @@ from ..errors import InvalidInputError
 from .base import as_float32_matrix, as_id_filter, check_dim, check_k, check_new_ids, read_index_json
 from .manifest import Manifest, atomic_folder, check_compatible, read_manifest, write_manifest
 from .sizing import ivf_nlist
+from . import quantize as quant
 from .recall import Tuning, exact_topk, recall_at_k
 from .filtered import search_masked
 from .filters import parse_filter
@@ -48,6 +49,9 @@ class FaissIndex:
         target_recall: HNSW/IVF-PQ: ``save`` first tunes the search settings to this recall@10 (``tune``),
             again whenever the index has grown or shrunk by more than 10% since the last tuning.
         tuning: the last ``tune`` outcome (restored from a manifest).
+        quantize / rescore / rescore_factor: kind='flat' only: store ``fp16``, ``int8`` or ``binary`` codes
+            instead of float32, re-scoring ``rescore_factor * k`` candidates against an ``fp16``/``int8`` copy
+            (``"auto"``: int8 -> fp16, binary -> int8, fp16 -> none). See ``xmodal.indexes.quantize``.
     """
 
     engine = "faiss"
@@ -70,6 +74,9 @@ class FaissIndex:
         k_factor: int = 8,
         target_recall: float | None = None,
         tuning: Mapping[str, Any] | None = None,
+        quantize: str = "none",
+        rescore: str | None = "auto",
+        rescore_factor: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
@@ -91,6 +98,10 @@ class FaissIndex:
             "k_factor": k_factor,
             "target_recall": target_recall,
         }
+        self._quant = quant.resolve(quantize, rescore, rescore_factor, kind)
+        if self._quant.active:  # recorded (manifest) only when used: older readers see the params they know
+            self.params.update(quantize=self._quant.quantize, rescore=self._quant.rescore or "none",
+                               rescore_factor=self._quant.factor)
         if target_recall is not None and not 0 < target_recall <= 1:
             raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
         if refine not in (None, "sq8", "flat"):
@@ -165,6 +176,8 @@ class FaissIndex:
 
     def _new_faiss_index(self, train_vectors: np.ndarray) -> faiss.Index:
         p = self.params
+        if self._quant.active:
+            return faiss.IndexIDMap2(quant.new_index(self.dim, self._faiss_metric, self._quant, train_vectors))
         if self.kind == "flat":
             base = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
             return faiss.IndexIDMap2(base)
@@ -203,7 +216,7 @@ class FaissIndex:
         # IVF cannot either, behind IndexIDMap2: IVF keeps the sequential ids it gave at add time, so
         # after remove_ids the wrapper's position -> label map no longer matched (wrong ids, IndexError)
         # and later adds reused live ids. Masking keeps labels and positions in step.
-        return self.kind in ("hnsw", "ivfpq") or self._delta is not None  # with a delta: tombstones (segments)
+        return self.kind in ("hnsw", "ivfpq") or self._delta is not None or self._quant.refines  # delta: tombstones (segments)
 
     def _ivf(self) -> Any:
         inner = faiss.downcast_index(self._index.index)
@@ -344,6 +357,7 @@ class FaissIndex:
             faiss.downcast_index(self._index.index).hnsw.efSearch = self.params["ef_search"]
         elif self.kind == "ivfpq":
             self._ivf().nprobe = self.params["nprobe"]  # _ivf() also sets the refine k_factor
+        quant.apply_factor(self._index, self._quant)
 
     def _lookup(self) -> np.ndarray:
         if self._ids_arr is None:
@@ -376,8 +390,15 @@ class FaissIndex:
             scores, pos = faiss.downcast_index(self._index.index).search(q, k)
             return scores, self._labels_by_position()[pos]
         if filter is None:  # tombstones only: a cached bitmap over positions, searched the same direct way
-            scores, pos = faiss.downcast_index(self._index.index).search(q, k, params=_segments.tombstone_params(self))
+            tomb = _segments.tombstone_params(self)
+            if self._quant.active:  # compact codes: their own target and params (binary: the re-scoring store)
+                target, qparams = quant.masked_target(self._quant, faiss.downcast_index(self._index.index), tomb.sel)
+                scores, pos = target.search(q, k, params=qparams)
+            else:
+                scores, pos = faiss.downcast_index(self._index.index).search(q, k, params=tomb)
             return scores, self._labels_by_position()[pos]
+        if isinstance(params, quant.StoreScan):  # binary codes take no id selector: scan their re-scoring store
+            return params.search(self._index, q, k, self._labels_by_position())
         return self._index.search(q, k, params=params)
 
     def search(
@@ -564,6 +585,8 @@ class FaissIndex:
         if selector is None:
             return None
         # IndexIDMap translates the selector's external labels for the wrapped index.
+        if self._quant.active:
+            return quant.search_params(self._quant, selector)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params["ef_search"])
         elif self.kind == "ivfpq" and self.params["refine"]:

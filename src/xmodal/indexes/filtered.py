@@ -30,6 +30,8 @@ try:
 except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
     raise ImportError("filtered FAISS search needs faiss: `pip install faiss-cpu`") from e
 
+from .quantize import masked_target
+
 EXACT_ITEMS = 2048  # at most this many allowed items: score them all exactly instead of searching the ANN structure
 WIDEN = 0.5  # HNSW efSearch grows by (1/fraction) ** WIDEN for the filters above EXACT_ITEMS
 IVF_WIDEN = 1.0  # IVF nprobe grows by (1/fraction) ** IVF_WIDEN (measured: sqrt left recall@10 at 0.86 for a 50% filter)
@@ -117,6 +119,8 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
     sel, bits = _bitmap(pos_mask)
     if index.kind == "flat":
         target, params = inner, faiss.SearchParameters(sel=sel)
+        if index._quant.active:  # compact codes: re-scored, or (binary) scanned in their store (indexes/quantize.py)
+            target, params = masked_target(index._quant, inner, sel)
     elif index.kind == "hnsw":
         # the beam must hold about as many *allowed* nodes as an unfiltered search: widened by 1/fraction**WIDEN
         ef = int(min(max(len(index), k), np.ceil(max(int(p["ef_search"]), k) * widen)))

@@ -242,7 +242,7 @@ def compact(index: "FaissIndex") -> None:
         index._writable()
         index._index.add_with_ids(delta.vectors(), delta.labels())
     index._delta = None
-    if index.kind == "flat" and index._removed:  # flat can delete: no masks left after compaction
+    if index.kind == "flat" and index._removed and not index._quant.refines:  # flat deletes (a refine wrapper masks)
         index._writable()
         index._index.remove_ids(faiss.IDSelectorBatch(np.fromiter(index._removed, dtype=np.int64)))
         index._removed = set()

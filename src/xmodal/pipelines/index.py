@@ -43,6 +43,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
                  show_progress: bool = True, target_recall: float | None = None, texts: str | Path | None = None,
                  text_fields: Sequence[str] | None = None, metadata: str | Path | None = None,
+                 quantize: str | None = None, rescore: str | None = None,
                  **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
@@ -59,17 +60,43 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
             ``search(mode="lexical"|"hybrid")``; recorded, so later runs re-read the file.
         metadata: CSV/TSV/JSONL of per-image fields keyed by relative path, for ``search(where=...)`` (see
             ``build_collection``); recorded, so later runs re-read the file.
+        quantize / rescore: FAISS flat: compact codes (``fp16``, ``int8``, ``binary``) and their re-scoring store
+            (``auto``, ``none``, ``fp16``, ``int8``); see ``xmodal.indexes.quantize``. Fixed when the index is
+            created: asking an existing index for other codes is refused (rebuild into a new folder).
         index_options: passed as they are to the engine's factory.
     """
     spec = get_engine(engine or default_engine())
     if model is None:
         model = recorded_model(out)
-    options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection,
-                                            target_recall=target_recall), **index_options}
+    check_quantize(spec, out, quantize, rescore)
+    options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection, target_recall=target_recall,
+                                   quantize=quantize, rescore=rescore), **index_options}
     report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=show_progress, texts=texts, text_fields=text_fields, metadata=metadata,
                               **options)
     return FolderIndex(report, search_settings(out))
+
+
+def check_quantize(spec: Any, out: str | Path, quantize: str | None, rescore: str | None) -> None:
+    """Refuse ``quantize``/``rescore`` for an engine without them, or one that differs from an existing index's."""
+    if quantize is None and rescore in (None, "auto"):
+        return
+    if "quantize" not in spec.options:
+        if quantize in (None, "none") and rescore in (None, "auto", "none"):
+            return
+        raise InvalidInputError(f"--quantize/--rescore are FAISS options; the '{spec.name}' engine does not take them.")
+    from ..indexes.manifest import MANIFEST_NAME, read_manifest
+
+    if not (Path(out) / MANIFEST_NAME).exists():
+        return
+    params = read_manifest(out, verify=False).params
+    stored = params.get("quantize", "none")
+    if quantize is not None and quantize != stored:
+        raise InvalidInputError(f"the index at '{out}' stores {stored} vectors (quantize={stored}); its codes cannot "
+                                f"change in place. Build a new index folder with --quantize {quantize}.")
+    if rescore not in (None, "auto") and rescore != params.get("rescore", "none"):
+        raise InvalidInputError(f"the index at '{out}' re-scores with {params.get('rescore', 'none')}; build a new "
+                                f"index folder with --rescore {rescore}.")
 
 
 def search_settings(out: str | Path) -> str | None:
