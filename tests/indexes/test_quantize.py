@@ -86,6 +86,24 @@ def test_remove_filter_save_load_add(quantize, rescore, tmp_path):
     assert again.search(-X[1:2], 1)[1][0, 0] == "new"
 
 
+@pytest.mark.parametrize("quantize", ["int8", "binary"])
+def test_appended_segments_and_compaction_keep_removals_masked(quantize, tmp_path):
+    index = FaissIndex(64, quantize=quantize)
+    index.add(IDS[:2000], X[:2000])
+    index.save(tmp_path / "idx")
+    index.remove(IDS[:10])
+    index.add(IDS[2000:2050], X[2000:2050])  # small: appended as a segment
+    index.save(tmp_path / "idx")
+    index.add(IDS[2050:], X[2050:])  # large: compacted into a new base (a refine wrapper cannot delete: masked)
+    index.save(tmp_path / "idx")
+    again = load_index(tmp_path / "idx")
+    assert len(again) == len(IDS) - 10
+    _, got = again.search(X[:12], 1)
+    assert got[:10, 0].tolist() != IDS[:10] and got[10:, 0].tolist() == IDS[10:12]
+    assert not set(again.search(X[:10], 10)[1].ravel()) & set(IDS[:10])
+    assert again.search(X[3000:3001], 1)[1][0, 0] == IDS[3000]
+
+
 def test_unquantized_manifest_unchanged(tmp_path):
     index = FaissIndex(8)
     index.add(["a"], np.ones((1, 8)))

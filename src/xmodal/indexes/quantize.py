@@ -163,10 +163,10 @@ def masked_target(q: Quantization, inner: Any, selector: Any) -> tuple[Any, Any]
         return inner, faiss.SearchParameters(sel=selector)
     if q.quantize == "binary":
         return faiss.downcast_index(inner.refine_index), faiss.SearchParameters(sel=selector)
-    params = faiss.IndexRefineSearchParameters(k_factor=float(q.factor),
-                                               base_index_params=faiss.SearchParameters(sel=selector))
+    base = faiss.SearchParameters(sel=selector)
+    params = faiss.IndexRefineSearchParameters(k_factor=float(q.factor), base_index_params=base)
     params.sel = selector
-    params._keep = params.base_index_params
+    params._keep = (selector, base)  # the C++ params only point at these
     return inner, params
 
 
