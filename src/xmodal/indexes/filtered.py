@@ -44,10 +44,11 @@ def _bitmap(mask: np.ndarray) -> tuple[Any, np.ndarray]:
 
 def _position_mask(index: Any, label_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The allow-mask over positions of the wrapped FAISS index (labels differ from positions after flat removals)."""
-    pos_labels = index._labels_by_position()[:-1]
+    full = index._labels_by_position()  # cached by the index until it changes; last entry -1
+    pos_labels = full[:-1]
     cache = getattr(index, "_filter_identity", None)
-    if cache is None or cache[0] is not pos_labels:
-        cache = (pos_labels, bool(np.array_equal(pos_labels, np.arange(len(pos_labels)))))
+    if cache is None or cache[0] is not full:  # positions == labels unless a flat index had removals
+        cache = (full, bool(np.array_equal(pos_labels, np.arange(len(pos_labels)))))
         index._filter_identity = cache
     if cache[1] and len(label_mask) >= len(pos_labels):
         pos_mask = label_mask[:len(pos_labels)].copy()
@@ -61,7 +62,7 @@ def _position_mask(index: Any, label_mask: np.ndarray) -> tuple[np.ndarray, np.n
             pos_mask[removed[removed < len(pos_mask)]] = False
         else:
             pos_mask &= ~np.isin(pos_labels, removed)
-    return pos_mask, pos_labels
+    return pos_mask, full
 
 
 def _exact_subset(target: Any, q: np.ndarray, k: int, positions: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +97,8 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
 
     ``index`` is an ``xmodal.indexes.faiss_index.FaissIndex`` (its wrapped FAISS index, label map and settings).
     """
-    pos_mask, pos_labels = _position_mask(index, np.asarray(label_mask, dtype=bool))
-    allowed = int(pos_mask.sum())
+    pos_mask, full = _position_mask(index, np.asarray(label_mask, dtype=bool))  # full[pos]: label, full[-1] = -1
+    allowed = int(np.count_nonzero(pos_mask))
     if allowed == 0:
         return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
     fraction = allowed / max(1, len(index))
@@ -115,7 +116,7 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
             target = None
         if target is not None:
             scores, pos = _exact_subset(target, q, k, np.flatnonzero(pos_mask).astype(np.int64), index.metric)
-            return scores, np.where(pos >= 0, np.concatenate([pos_labels, [-1]])[pos], -1)
+            return scores, np.where(pos >= 0, full[pos], -1)
     sel, bits = _bitmap(pos_mask)
     if index.kind == "flat":
         target, params = inner, faiss.SearchParameters(sel=sel)
@@ -129,7 +130,7 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
         target, params = _ivf_plan(inner, sel, k, (1.0 / fraction) ** IVF_WIDEN, exact, p)
     params._keep = (sel, bits, getattr(params, "base_index_params", None))
     scores, pos = target.search(q, k, params=params)
-    labels = np.where(pos >= 0, np.concatenate([pos_labels, [-1]])[pos], -1)
+    labels = np.where(pos >= 0, full[pos], -1)
     return scores, labels
 
 

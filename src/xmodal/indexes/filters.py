@@ -30,6 +30,7 @@ metadata dict; ``metadata_store.MetadataStore`` evaluates the same tree on colum
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -249,6 +250,12 @@ def parse_filter(text: str | Expr) -> Expr:
         raise InvalidInputError(f"the filter is {len(text)} characters long; at most {MAX_FILTER_CHARS} are accepted.")
     if not text.strip():
         raise FilterSyntaxError("an expression", text, 0)
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(text: str) -> Expr:
+    # trees are immutable: a server that sees the same filter again skips the tokenizer
     return _Parser(text).parse()
 
 

@@ -83,6 +83,7 @@ class _Field:
         self.bool = np.asarray(bools.filter(pc.invert(bools.is_null())).to_numpy(zero_copy_only=False), dtype=bool)
         # rows 0..m-1 in order (a field every item has, e.g. from a CSV): a comparison's hits are the mask itself
         self.num_dense, self.str_dense = _dense(self.num_rows), _dense(self.str_rows)
+        self.num_any_list, self.str_any_list = bool(self.num_list.any()), bool(self.str_list.any())
 
 
 def _dense(rows: np.ndarray) -> bool:
@@ -240,14 +241,14 @@ class MetadataStore:
         elif t == "num":
             ops = {"=": np.equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
             hit = ops[op](f.num, float(value))
-            if op != "=":
+            if op != "=" and f.num_any_list:
                 hit &= ~f.num_list  # ranges compare single values, not list elements
             rows, dense = f.num_rows, f.num_dense
         else:
             fn = {"=": pc.equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
             per_value = np.asarray(fn(f.str_dict, pa.scalar(_utf8(value), f.str_dict.type)).to_numpy(zero_copy_only=False), dtype=bool)
             hit = per_value[f.str_codes] if len(per_value) else np.zeros(0, dtype=bool)
-            if op != "=":
+            if op != "=" and f.str_any_list:
                 hit &= ~f.str_list
             rows, dense = f.str_rows, f.str_dense
         if dense:  # hits are already in row order
