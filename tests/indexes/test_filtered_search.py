@@ -155,3 +155,16 @@ def test_non_utf8_file_names_in_metadata_save_and_filter(tmp_path):
     _, ids = loaded.search(vecs[:1], k=3, where=f'path = "{odd}"')
     assert [i for i in ids[0] if i is not None] == [odd]
     assert loaded.metadata(odd) == {"path": odd}
+
+
+def test_ivfpq_sq8_refine_exact_scan_of_few_allowed_items():
+    """IVF-PQ with SQ8 refine codes: few allowed items are scored on their decoded SQ8 codes (near exact)."""
+    x, q, ids, metas = _data()
+    index = FaissIndex(D, kind="ivfpq", nlist=16, pq_m=4, pq_bits=6, refine="sq8")
+    index.add(ids, x, metadata=metas)
+    where = 'tags = "rare" or (year = 2001 and color = "red")'
+    found = hits(index.search(q, K, where=where)[1])
+    want = brute_force(x, q, ids, metas, where, K)
+    allowed = {ids[j] for j in range(N) if matches(where, metas[j])}
+    assert all(len(r) == min(K, len(allowed)) and set(r) <= allowed for r in found)
+    assert np.mean([len(set(f) & set(w)) / len(w) for f, w in zip(found, want)]) >= 0.9
