@@ -265,3 +265,23 @@ def test_kill_9_at_every_step_of_a_save_leaves_a_loadable_version(mode, tmp_path
         assert "after" in FaissIndex.load(folder, verify="full")
     # killed before the commit point (the manifest's rename): the previous version; at or after it: the new one
     assert outcomes == {at: "old" if at <= committed else "new" for at in points}, (steps, outcomes)
+
+
+def test_l2_metric_segments_rank_like_a_fresh_build(tmp_path):
+    folder = tmp_path / "idx"
+    x, extra, q = vecs(200, 0) * 3, vecs(10, 1) * 2, vecs(15, 2)
+    index = FaissIndex(DIM, metric="l2")
+    index.add([f"i{k}" for k in range(200)], x)
+    index.save(folder)
+    loaded = FaissIndex.load(folder)
+    loaded.remove(["i3", "i4"])
+    loaded.add([f"n{k}" for k in range(10)], extra)
+    loaded.save(folder)
+    again = FaissIndex.load(folder)
+    fresh = FaissIndex(DIM, metric="l2")
+    keep = [k for k in range(200) if k not in (3, 4)]
+    fresh.add([f"i{k}" for k in keep] + [f"n{k}" for k in range(10)], np.concatenate([x[keep], extra]))
+    got, s1 = ranked(again, q)
+    want, s2 = ranked(fresh, q)
+    assert got == want
+    np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-4)

@@ -382,8 +382,7 @@ class FaissIndex:
         return _segments.merge(found, self._delta.search(q, k, self._removed, mask), k, self.metric)
 
     def _search_base(self, q: np.ndarray, k: int, filter: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        params = self._search_params(filter)
-        if params is None:
+        if filter is None and not self._removed:
             # Search the wrapped index and map positions to labels here, as IndexIDMap2 would: its own
             # translation loop opens an OpenMP region on every call, which made a single-query HNSW
             # search ~10x slower than raw FAISS whenever other processes kept the cores busy.
@@ -397,6 +396,7 @@ class FaissIndex:
             else:
                 scores, pos = faiss.downcast_index(self._index.index).search(q, k, params=tomb)
             return scores, self._labels_by_position()[pos]
+        params = self._search_params(filter)  # filter= only: built per call
         if isinstance(params, quant.StoreScan):  # binary codes take no id selector: scan their re-scoring store
             return params.search(self._index, q, k, self._labels_by_position())
         return self._index.search(q, k, params=params)

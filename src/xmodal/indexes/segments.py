@@ -101,28 +101,65 @@ class Delta:
             return np.zeros((0, self.index.d), dtype=np.float32)
         return faiss.downcast_index(self.index.index).reconstruct_n(first, count)
 
-    def search(self, q: np.ndarray, k: int, removed: set[int],
-               label_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` (FAISS scores, labels) among live delta items (and those ``label_mask`` allows)."""
-        flat = faiss.downcast_index(self.index.index)
-        params, hold = None, None
-        if label_mask is not None or removed:
-            keep = np.ones(len(self), dtype=bool)
-            if label_mask is not None:
-                lab = self.labels()
-                inside = lab < len(label_mask)
-                keep &= inside
-                keep[inside] &= np.asarray(label_mask, dtype=bool)[lab[inside]]
+    def _matrix(self) -> np.ndarray:
+        """The stored vectors as a numpy view (no copy) of the flat index's storage."""
+        n, d = len(self), self.index.d
+        cached = getattr(self, "_view", None)
+        if cached is None or cached[0] != n:  # an add may move the storage: a new view
+            flat = faiss.downcast_index(self.index.index)
+            self._view = (n, faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32))
+        return self._view[1]
+
+    def _keep(self, removed: set[int], label_mask: np.ndarray | None) -> np.ndarray | None:
+        """Live (and allowed) delta rows; the tombstone part is cached until the delta or the tombstones change."""
+        key = (len(self), len(removed))
+        cached = getattr(self, "_keep_cache", None)
+        if cached is not None and cached[0] == key:
+            keep = cached[1]
+        else:
+            keep = None
             if removed:
                 rem = np.fromiter(removed, dtype=np.int64)
-                rem = rem[rem >= self.start] - self.start
-                keep[rem[rem < len(self)]] = False
-            bits = np.packbits(keep, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits))
-            params, hold = faiss.SearchParameters(sel=sel), (sel, bits)
-        scores, pos = flat.search(q, k, params=params)  # positions: row = label - start
-        del hold
-        return scores, np.where(pos >= 0, pos + self.start, -1)
+                rem = rem[(rem >= self.start) & (rem < self.start + len(self))] - self.start
+                if len(rem):
+                    keep = np.ones(len(self), dtype=bool)
+                    keep[rem] = False
+            self._keep_cache = (key, keep)
+        if label_mask is not None:
+            lab = self.labels()
+            allowed = np.zeros(len(self), dtype=bool)
+            inside = lab < len(label_mask)
+            allowed[inside] = np.asarray(label_mask, dtype=bool)[lab[inside]]
+            keep = allowed if keep is None else keep & allowed
+        return keep
+
+    def search(self, q: np.ndarray, k: int, removed: set[int],
+               label_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` (FAISS-style scores: inner product, or squared L2; labels, -1 for none) among live
+        delta items (and those ``label_mask`` allows). A numpy product over the (small) delta: no FAISS call,
+        so no OpenMP region per query."""
+        n = len(self)
+        ip = self.metric == "ip"
+        worst = np.float32(-np.inf if ip else np.inf)
+        out_s = np.full((len(q), k), worst, dtype=np.float32)
+        out_l = np.full((len(q), k), -1, dtype=np.int64)
+        if n == 0:
+            return out_s, out_l
+        v = self._matrix()
+        scores = q @ v.T
+        if not ip:
+            scores = (q * q).sum(1, keepdims=True) - 2 * scores + (v * v).sum(1)[None, :]
+        keep = self._keep(removed, label_mask)
+        if keep is not None:
+            scores[:, ~keep] = worst
+        kk = min(k, n)
+        key = -scores if ip else scores
+        part = np.argpartition(key, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (len(q), 1))
+        order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable"), axis=1)
+        top = np.take_along_axis(scores, order, axis=1)
+        out_s[:, :kk] = top
+        out_l[:, :kk] = np.where(np.isfinite(top), order + self.start, -1)
+        return out_s, out_l
 
 
 def merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int,
