@@ -96,6 +96,7 @@ class Served:
     collection: Any
     retriever: Any
     worker: ModelWorker
+    live: Any = None  # live.LiveIndex: adds and deletes while serving
 
     @property
     def encoder(self) -> Any:
@@ -114,7 +115,8 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
                max_k: int = 100, max_depth: int = 500, max_upload_bytes: int | None = None, max_text_chars: int = 1000,
                default_depth: int = 50, limits: ServerLimits | None = None, allowed_hosts: Any = None,
                device: Any = None, dtype: Any = None, max_batch: int = 32, max_wait_ms: float = 2.0,
-               api_keys: Sequence[str] | None = None, cors_origins: Sequence[str] | None = None) -> Any:
+               api_keys: Sequence[str] | None = None, cors_origins: Sequence[str] | None = None,
+               compact_every: int = 1000) -> Any:
     """Build the app for index folder(s) made by ``xmodal index``.
 
     Args:
@@ -131,6 +133,7 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
         api_keys: when given, every endpoint but /health, the page, its static files and the API docs needs
             one of these keys (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; see ``server.auth``).
         cors_origins: web origins whose pages may call the API (CORS headers; ``*`` for any).
+        compact_every: live changes (POST/DELETE /items) logged before the index is saved again (see ``live``).
     """
     if device is not None or dtype is not None:  # bad values fail here, before the server starts
         from ..runtime import resolve_device, resolve_dtype
@@ -167,11 +170,17 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
             from ..models.cross import load_reranker
 
             rr = load_reranker(rr, device=device, dtype=dtype)
+        from .live import LiveIndex
+
         encoders: dict[str, Any] = {}  # indexes of one model share it (and its worker)
         workers: dict[str, ModelWorker] = {}
+        lives: list[LiveIndex] = []
         try:
             for name, folder in folders_by_name.items():
                 col = open_collection(folder)
+                live = LiveIndex(col, compact_every=compact_every)  # the index, locked, changeable while serving
+                lives.append(live)
+                live.recover()  # changes a killed server logged but did not save
                 key = str(model if isinstance(model, (str, type(None))) else id(model)) + "|" + str(col.model_name)
                 enc = encoders.get(key)
                 retriever = col.retriever(model=enc.wrapped if enc is not None else model, reranker=rr,
@@ -183,15 +192,17 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
                 retriever.encoder = encoders[key]
                 if retriever.reranker is not None:
                     retriever.reranker = BatchedScorer(retriever.reranker, workers[key])
-                served[name] = Served(name, col, retriever, workers[key])
+                served[name] = Served(name, col, retriever, workers[key], live)
                 metrics.watch(name, lambda w=workers[key]: w.depth, col.__len__)
                 if col.root is not None:  # a text collection has no image root
                     folders[:0] = [(str(col.root.resolve()), "<root>"), (str(col.root), "<root>")]
             yield
         finally:
+            served.clear()
             for w in workers.values():
                 w.close()
-            served.clear()
+            for live in lives:  # save what was changed, empty the logs
+                live.close()
 
     app = FastAPI(title="xmodal", description="Cross-modal search over xmodal indexes. Errors are "
                   "{\"error\": message} with a 4xx status.", lifespan=lifespan, default_response_class=SafeJSONResponse)
@@ -404,6 +415,101 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
 
     app.get("/items/{item_id:anypath}", summary="An item's metadata", **item_doc)(item_default)
     app.get("/indexes/{name}/items/{item_id:anypath}", summary="An item's metadata in a named index", **item_doc)(item)
+
+    # ------------------------------------------------------------------ live updates
+    def under_root(srv: Served, rel: str) -> tuple[str, Path]:
+        """(item id, file) for a path relative to the collection root; refuses anything that leaves it."""
+        from ..data.images import IMAGE_SUFFIXES
+
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")) or p.name.startswith("."):
+            raise RequestError(403, f"'{rel}' is not a relative path inside the collection root.")
+        root = srv.collection.root.resolve()
+        target = (root / p).resolve()
+        if root not in target.parents:
+            raise RequestError(403, f"'{rel}' points outside the collection root; refused.")
+        if target.suffix.lower() not in IMAGE_SUFFIXES:
+            raise RequestError(415, f"'{rel}' is not an image file name (use one of {list(IMAGE_SUFFIXES)}).")
+        return target.relative_to(root).as_posix(), target
+
+    def encode_file(srv: Served, path: Path, label: str) -> Any:
+        from ..data.images import ImageTooLargeError, open_image
+
+        try:
+            img = open_image(path, max_pixels=limits.max_image_pixels, min_side=limits.image_min_side)
+        except ImageTooLargeError as e:
+            raise RequestError(413, f"'{label}' is too large: {str(e).split(' is ', 1)[-1]}") from None
+        except InvalidInputError:
+            raise RequestError(400, f"'{label}' is not a readable image.") from None
+        return srv.encoder.encode_image([img])[0]
+
+    def store_upload(target: Path, data: bytes, rel: str) -> None:
+        from ..io import atomic_write
+
+        if target.exists():
+            raise RequestError(409, f"'{rel}' already exists under the collection root; choose another path.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, data)  # durable before the item is logged
+
+    async def add_item(request: Request, name: str | None = None) -> Any:
+        srv = index(name)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await read_form(request, max_files=1)
+            upload = form.get("image")
+            if upload is None or not getattr(upload, "filename", None):
+                raise RequestError(422, "send the image as the 'image' file, or JSON {\"path\": ...} for a file "
+                                        "already under the collection root.")
+            data = await read_upload(upload)
+            fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+            fields.setdefault("path", "uploads/" + Path(str(upload.filename).replace("\\", "/")).name)
+            req = S.parse(S.AddItemRequest, fields)
+            item_id, target = under_root(srv, req.path)
+            if target.exists():
+                raise RequestError(409, f"'{req.path}' already exists under the collection root; choose another path.")
+            await run_in_threadpool(decode, data, upload.filename)  # a readable image, before it is stored
+            await run_in_threadpool(store_upload, target, data, req.path)
+        else:
+            body = await read_json(request, "send JSON {\"path\": ..., \"metadata\": {...}} or a multipart image.")
+            req = S.parse(S.AddItemRequest, body)
+            item_id, target = under_root(srv, req.path)
+            if not target.is_file():
+                raise RequestError(404, f"there is no file '{req.path}' under the collection root.")
+        vec = await run_in_threadpool(encode_file, srv, target, req.path)
+        st = target.stat()  # as `xmodal index` records it: a later run sees the file unchanged
+        meta = {**req.metadata, "path": item_id, "signature": [int(st.st_size), int(st.st_mtime_ns)]}
+        await run_in_threadpool(srv.live.add, item_id, vec, meta)
+        prefix = "" if name is None else f"/indexes/{name}"
+        return SafeJSONResponse({"id": item_id, "url": f"{prefix}/items/{url_quote_id(item_id)}/image",
+                                 "items": len(srv.collection)}, status_code=201)
+
+    async def delete_item(request: Request, delete_file: bool = False, name: str | None = None) -> Any:
+        srv = index(name)
+        item_id = _item_id(request)
+        path = item_path(srv, item_id)  # 404 for unknown ids
+        await run_in_threadpool(srv.live.delete, item_id)
+        removed = False
+        if delete_file and path.is_file():
+            path.unlink()
+            removed = True
+        return {"id": item_id, "deleted": True, "file_deleted": removed, "items": len(srv.collection)}
+
+    async def add_item_default(request: Request) -> Any:
+        return await add_item(request)
+
+    async def delete_item_default(request: Request, delete_file: bool = False) -> Any:
+        return await delete_item(request, delete_file)
+
+    add_doc = dict(status_code=201, responses={201: {"model": S.AddedItem}, **S.ERRORS},
+                   openapi_extra=S.openapi_body(S.AddItemRequest, S.AddItemForm))
+    app.post("/items", summary="Add an item (upload, or a file under the root); searchable at once", **add_doc)(
+        add_item_default)
+    app.post("/indexes/{name}/items", summary="Add an item to a named index", **add_doc)(add_item)
+    del_doc = dict(responses={200: {"model": S.DeletedItem}, **S.ERRORS},
+                   description="Removes the item from the index at once (persisted). The file stays under the root "
+                               "unless delete_file=true (a later `xmodal index` run would add it again).")
+    app.delete("/items/{item_id:anypath}", summary="Delete an item", **del_doc)(delete_item_default)
+    app.delete("/indexes/{name}/items/{item_id:anypath}", summary="Delete an item of a named index",
+               **del_doc)(delete_item)
 
     def encoder_for(model_name: str | None) -> Served:
         if model_name is None:

@@ -11,6 +11,7 @@ model on, and multipart forms are validated through the same class (form values 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -211,6 +212,70 @@ class EmbedForm(BaseModel):
                                json_schema_extra={"items": {"type": "string", "format": "binary"}})
 
 
+RESERVED_METADATA = ("path", "signature")
+
+
+def _metadata(v: Any) -> dict[str, Any]:
+    if v in (None, ""):
+        return {}
+    if isinstance(v, str):  # a form field: JSON text
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise fail(422, "metadata must be a JSON object, e.g. {\"caption\": \"a dog\"}.") from None
+    if not isinstance(v, dict):
+        raise fail(422, "metadata must be a JSON object, e.g. {\"caption\": \"a dog\"}.")
+    taken = [k for k in RESERVED_METADATA if k in v]
+    if taken:
+        raise fail(422, f"metadata may not set {taken}: the server records them.")
+    if len(json.dumps(v)) > 16 * 1024:
+        raise fail(413, "metadata is larger than 16 KB.")
+    return v
+
+
+class AddItemRequest(_Request):
+    """``POST /items`` as JSON: index an image file that is already under the collection root."""
+
+    path: str = Field(..., description="Image path relative to the collection root (becomes the item id).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Stored with the item (JSON object).")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> str:
+        if not isinstance(v, str) or not v.strip():
+            raise fail(422, "path must be a non-empty relative path under the collection root.")
+        if not is_utf8_text(v) or "\x00" in v:
+            raise fail(400, "path is not valid text.")
+        return v
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _meta(cls, v: Any) -> dict[str, Any]:
+        return _metadata(v)
+
+
+class AddItemForm(BaseModel):
+    """``POST /items`` as ``multipart/form-data``: upload an image; it is stored under the collection root."""
+
+    image: bytes = Field(..., description="The image file.", json_schema_extra={"format": "binary", "type": "string"})
+    path: str | None = Field(None, description="Where to store it, relative to the root (default uploads/FILENAME); "
+                                               "an existing file is not overwritten (409).")
+    metadata: str | None = Field(None, description="JSON object stored with the item.")
+
+
+class AddedItem(BaseModel):
+    id: str
+    url: str
+    items: int = Field(..., description="Items in the index now.")
+
+
+class DeletedItem(BaseModel):
+    id: str
+    deleted: bool
+    file_deleted: bool
+    items: int
+
+
 class Hit(BaseModel):
     id: str
     score: float
@@ -275,7 +340,7 @@ class ErrorResponse(BaseModel):
     error: str = Field(..., description="One line saying what was wrong and what to do.")
 
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 422)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422)}
 
 
 def parse(model: type[BaseModel], data: Any, **context: Any) -> Any:
@@ -313,7 +378,7 @@ def openapi_body(json_model: type[BaseModel] | None, form_model: type[BaseModel]
     return {"requestBody": {"required": True, "content": content}}
 
 
-BODY_MODELS: list[type[BaseModel]] = [SearchRequest, SearchForm, EmbeddingRequest, EmbedForm]
+BODY_MODELS: list[type[BaseModel]] = [SearchRequest, SearchForm, EmbeddingRequest, EmbedForm, AddItemRequest, AddItemForm]
 
 
 def add_components(schema: dict[str, Any], models: list[type[BaseModel]] | None = None) -> dict[str, Any]:
