@@ -307,3 +307,36 @@ def test_several_indexes_from_one_process(tmp_path, tiny_model_dir, serve_app):
         sizes = {s.labels["index"]: s.value for f in text_string_to_metric_families(c.get("/metrics").text)
                  if f.name == "xmodal_index_items" for s in f.samples}
         assert sizes == {"shapes": 2, "more": 3}
+
+
+def test_live_changes_reach_the_lexical_index(tmp_path, tiny_model_dir, serve_app):
+    """An image collection with BM25 texts: a live add's metadata text is searchable lexically, a delete drops it,
+    and both are kept by the save at shutdown."""
+    import json
+
+    from xmodal.collection import build_collection
+    from xmodal.server import create_app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for c in ["red", "green"]:
+        picture(c).save(images / f"{c}.png")
+    records = tmp_path / "captions.jsonl"
+    records.write_text("\n".join(json.dumps({"path": f"{c}.png", "caption": f"a {c} ball"}) for c in ["red", "green"]))
+    build_collection(images, str(tiny_model_dir), tmp_path / "idx", texts=records, text_fields=["caption"],
+                     show_progress=False)
+    picture("blue").save(images / "blue.png")
+
+    def lexical(client, word):
+        r = client.post("/search", json={"text": word, "k": 5, "mode": "lexical"})
+        assert r.status_code == 200, r.text
+        return r.json()["ids"]
+
+    with serve_app(create_app(tmp_path / "idx")) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert lexical(c, "zebra") == []
+        assert c.post("/items", json={"path": "blue.png", "metadata": {"caption": "a zebra"}}).status_code == 201
+        assert lexical(c, "zebra") == ["blue.png"]
+        assert c.delete("/items/red.png").status_code == 200
+        assert "red.png" not in lexical(c, "ball")
+    with serve_app(create_app(tmp_path / "idx")) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert lexical(c, "zebra") == ["blue.png"] and lexical(c, "ball") == ["green.png"]

@@ -453,6 +453,9 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
 
     async def add_item(request: Request, name: str | None = None) -> Any:
         srv = index(name)
+        if srv.collection.kind == "texts" or srv.collection.root is None:
+            raise RequestError(400, "adding items over HTTP works for image collections; re-run `xmodal index-texts` "
+                                    "to add texts.")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await read_form(request, max_files=1)
             upload = form.get("image")
@@ -485,10 +488,15 @@ def create_app(index_dir: str | Path | Mapping[str, str | Path], *, model: Any =
     async def delete_item(request: Request, delete_file: bool = False, name: str | None = None) -> Any:
         srv = index(name)
         item_id = _item_id(request)
-        path = item_path(srv, item_id)  # 404 for unknown ids
+        if srv.collection.kind == "texts":
+            if item_id not in srv.collection.index:
+                raise RequestError(404, f"unknown item id '{item_id}'.")
+            path = None
+        else:
+            path = item_path(srv, item_id)  # 404 for unknown ids
         await run_in_threadpool(srv.live.delete, item_id)
         removed = False
-        if delete_file and path.is_file():
+        if delete_file and path is not None and path.is_file():
             path.unlink()
             removed = True
         return {"id": item_id, "deleted": True, "file_deleted": removed, "items": len(srv.collection)}

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InvalidInputError, XmodalError
+from ..indexes.manifest import companion_files
 from ..io import fault_point, fsync_dir
 
 WAL_NAME = "live-updates.wal"
@@ -181,20 +182,28 @@ class LiveIndex:
         index = self.index.wrapped
         item_id = str(record["id"])
         present = item_id in index
+        lexical = getattr(self.collection, "lexical", None)  # BM25 texts (hybrid search) follow the same changes
         if record["op"] == "delete":
             if present:
                 index.remove([item_id])
+            if lexical is not None:
+                lexical.remove([item_id])
             return
         vec = np.frombuffer(base64.b64decode(record["vector"]), dtype="<f4").astype(np.float32)
         if present:  # replayed add, or an item re-added with new content
             index.remove([item_id])
         index.add([item_id], vec[None, :], metadata=[dict(record.get("metadata") or {})])
+        if lexical is not None:
+            from ..indexes.lexical import item_text
+
+            lexical.add([item_id], [item_text(record.get("metadata") or {}, lexical.fields)])
 
     def compact(self) -> None:
         """Save the index (atomically, manifest last), then empty the log."""
         with self.lock:
             self._lock_folder()
-            self.index.wrapped.save(self.folder)
+            with companion_files(self._companions()):
+                self.index.wrapped.save(self.folder)
             fault_point("live:saved")
             if self._wal is not None:
                 self._wal.close()
@@ -202,6 +211,19 @@ class LiveIndex:
             with open(self.wal_path, "wb") as f:
                 os.fsync(f.fileno())
             self._pending = 0
+
+    def _companions(self) -> dict[str, bytes]:
+        """The collection's companion files for the save: as they are, with the changed BM25 texts."""
+        from ..indexes.manifest import read_manifest
+
+        m = read_manifest(self.folder, verify=False)
+        files = {name: m.path(self.folder, name).read_bytes() for name in m.companions}
+        lexical = getattr(self.collection, "lexical", None)
+        if lexical is not None:
+            from ..indexes.lexical import LEXICAL_FILE
+
+            files[LEXICAL_FILE] = lexical.to_bytes()
+        return files
 
     def _lock_folder(self) -> None:
         if self._locked:
