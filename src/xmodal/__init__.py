@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "index_from_embeddings": "xmodal.pipelines:index_from_embeddings",
     "index_texts": "xmodal.pipelines:index_texts",
     "search": "xmodal.pipelines:search",
+    "export_model": "xmodal.pipelines:export",
     "evaluate": "xmodal.pipelines:evaluate",
     "train_model": "xmodal.pipelines:train",
     "synth": "xmodal.pipelines:synth",

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve_cmds",  # serve
     "scale_cmds",  # encode, index-embeddings
     "feature_cmds",  # features split/info
+    "export_cmds",  # export
     "verify_cmds",  # verify
 )
 

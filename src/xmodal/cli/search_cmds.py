@@ -46,6 +46,9 @@ def index(
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", help="torch or onnx: encode with onnxruntime (an ONNX export of the model, made once into "
+                                "~/.cache/xmodal/onnx when the model is not one); default: as the model is."),
     allow_model_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch",
         help="Update the index although the model's weights differ from those it was built with (same id)."),
@@ -76,7 +79,7 @@ def index(
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
                           show_progress=not quiet, allow_model_mismatch=allow_model_mismatch, quantize=quantize,
-                          rescore=rescore,
+                          rescore=rescore, runtime=runtime,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None),
                           texts=texts, text_fields=split_fields(text_fields), metadata=metadata)
     typer.echo(report.summary())
@@ -127,6 +130,9 @@ def search(
     depth: int = typer.Option(50, "--depth", help="Candidates retrieved for reranking."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     gallery: Optional[Path] = typer.Option(None, "--gallery", help="Also save the results as a PNG contact sheet."),
+    runtime: Optional[str] = typer.Option(
+        None, "--runtime", help="torch or onnx: encode with onnxruntime (an ONNX export of the model, made once into "
+                                "~/.cache/xmodal/onnx when the model is not one); default: as the model is."),
     allow_model_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch",
         help="Search although the model's weights differ from those the index was built with (same id)."),
@@ -147,7 +153,7 @@ def search(
     from ..pipelines import search as run_search
 
     hits = run_search(index_dir, query, image, k=k, model=model, rerank=rerank, depth=depth, gallery=gallery,
-                      allow_model_mismatch=allow_model_mismatch, mode=mode, fusion=fusion, alpha=alpha, where=where,
+                      allow_model_mismatch=allow_model_mismatch, runtime=runtime, mode=mode, fusion=fusion, alpha=alpha, where=where,
                       offset=offset, min_score=min_score, dedup=dedup)
     if as_json:
         typer.echo(json.dumps(hits.to_dict()))

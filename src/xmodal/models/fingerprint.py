@@ -56,6 +56,9 @@ def weights_fingerprint(model: Any) -> str | None:
     """``"sha256:<hex>"`` over the model's config and state dict, or None for objects without weights."""
     import torch
 
+    recorded = getattr(model, "recorded_fingerprint", None)  # an export (ONNX) carries its torch source's
+    if isinstance(recorded, str):
+        return recorded
     remembered = getattr(model, _REMEMBERED, None)
     if remembered is not None and remembered[1] == _stamp(model):
         return remembered[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .demo import demo  # xmodal demo
 from .encode import encode  # xmodal encode
+from .export import export  # xmodal export
 from .evaluate import EvaluationRun, attach_feature_store, evaluate  # xmodal evaluate
 from .features import features_convert, features_info, features_split  # xmodal features split|info|convert
 from .index import EmbeddingsIndex, index_folder, index_from_embeddings  # xmodal index [--from-embeddings]
@@ -20,6 +21,6 @@ from .texts import index_texts  # xmodal index-texts
 from .train import TrainRun, mine_negatives, synth, train  # xmodal train, xmodal synth, xmodal mine-negatives
 from .verify import VerifyReport, verify_index  # xmodal verify
 
-__all__ = ["index_folder", "index_texts", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
+__all__ = ["export", "index_folder", "index_texts", "index_from_embeddings", "search", "evaluate", "train", "synth", "encode", "serve", "demo",
            "features_split", "features_info", "features_convert", "mine_negatives", "EmbeddingsIndex", "SearchHits", "EvaluationRun",
            "TrainRun", "attach_feature_store", "verify_index", "VerifyReport"]

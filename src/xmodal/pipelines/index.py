@@ -43,7 +43,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
                  collection: str | None = None, batch_size: int = 32, chunk_size: int = 256,
                  show_progress: bool = True, target_recall: float | None = None, texts: str | Path | None = None,
                  text_fields: Sequence[str] | None = None, metadata: str | Path | None = None,
-                 quantize: str | None = None, rescore: str | None = None,
+                 quantize: str | None = None, rescore: str | None = None, runtime: str | None = None,
                  **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
@@ -63,12 +63,20 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
         quantize / rescore: FAISS flat: compact codes (``fp16``, ``int8``, ``binary``) and their re-scoring store
             (``auto``, ``none``, ``fp16``, ``int8``); see ``xmodal.indexes.quantize``. Fixed when the index is
             created: asking an existing index for other codes is refused (rebuild into a new folder).
+        runtime: ``torch`` or ``onnx`` (encode with onnxruntime: an ONNX export of ``model``, made once into the
+            cache when ``model`` is not one); None: as the model is.
         index_options: passed as they are to the engine's factory.
     """
     spec = get_engine(engine or default_engine())
     if model is None:
         model = recorded_model(out)
     check_quantize(spec, out, quantize, rescore)
+    if runtime is not None:  # torch / onnx (models/onnx_encoder.py); the index records the model actually used
+        from ..models.onnx_encoder import with_runtime
+
+        if not isinstance(model, (str, Path)):
+            raise InvalidInputError("runtime= takes a model name or folder, not a loaded model.")
+        model = with_runtime(model, runtime)
     options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection, target_recall=target_recall,
                                    quantize=quantize, rescore=rescore), **index_options}
     report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,

@@ -41,7 +41,7 @@ class SearchHits:
 
 def search(index_dir: str | Path, text: str | None = None, image: str | Path | None = None, *, k: int = 10,
            model: Any = None, rerank: Any = None, depth: int = 50, gallery: str | Path | None = None,
-           allow_model_mismatch: bool = False, mode: str = "dense", fusion: str = "rrf",
+           allow_model_mismatch: bool = False, runtime: str | None = None, mode: str = "dense", fusion: str = "rrf",
            alpha: float = 0.5, where: str | None = None, offset: int = 0, min_score: float | None = None,
            dedup: float | None = None) -> SearchHits:
     """Search a collection made by ``index_folder`` (images) or ``index_texts`` (texts) by text and/or image.
@@ -76,6 +76,12 @@ def search(index_dir: str | Path, text: str | None = None, image: str | Path | N
         from ..models.cross import load_reranker
 
         rerank = load_reranker(str(rerank))
+    if runtime is not None:  # torch / onnx: the recorded (or given) model run by that runtime (models/onnx_encoder.py)
+        from ..models.onnx_encoder import with_runtime
+
+        if model is not None and not isinstance(model, (str, Path)):
+            raise InvalidInputError("runtime= takes a model name or folder, not a loaded model.")
+        model = with_runtime(model or collection.model_name, runtime)
     retriever = collection.retriever(model=model, reranker=rerank, depth=depth,
                                      allow_model_mismatch=allow_model_mismatch, lexical=mode != "dense")
     result = retriever.search(text=text, image=image, k=k, mode=mode, fusion=fusion, alpha=alpha, where=where,
