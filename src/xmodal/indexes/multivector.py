@@ -88,8 +88,9 @@ class MultiVectorIndex:
         dim: token vector dimension.
         nbits: residual bits per dimension (1, 2, 4, 8), or None for uncompressed exact search.
         n_centroids: k-means centroids (default ``2**floor(log2(16 * sqrt(tokens)))``, PLAID's rule).
-        nprobe: centroids probed per query token for candidate generation.
-        ncandidates: documents whose (decompressed) vectors are re-scored per query (default ``max(8k, 64)``).
+        nprobe: centroids probed per query token for candidate generation (default 16; chosen from the
+            recall-vs-latency curve of benchmarks/late_interaction.py --data hard).
+        ncandidates: documents whose (decompressed) vectors are re-scored per query (default ``max(8k, 256)``).
         ninteract: candidates re-ranked by full centroid interaction before that (default ``4 * ncandidates``).
         centroid_threshold: probes whose centroid score is below it are pruned (each token keeps its best one).
         full_vectors: also store float16 token vectors; the final re-scoring then uses them instead of the codec.
@@ -103,7 +104,7 @@ class MultiVectorIndex:
     _full = _stored("full")  # float16 token vectors, only with full_vectors=True
 
     def __init__(self, dim: int, nbits: int | None = 2, n_centroids: int | None = None, model_id: str | None = None,
-                 nprobe: int = 4, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
+                 nprobe: int = 16, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
                  seed: int = 0, ninteract: int | None = None, centroid_threshold: float | None = None,
                  full_vectors: bool = False) -> None:
         if nbits not in (None, 1, 2, 4, 8):
@@ -391,7 +392,8 @@ class MultiVectorIndex:
         return scores, ids
 
     def _ncandidates(self, k: int) -> int:
-        return int(self.params["ncandidates"] or max(8 * k, 64))
+        # default from the measured hard-data curve (issue-20 note): 16:256 reached fast-plaid's recall
+        return int(self.params["ncandidates"] or max(8 * k, 256))
 
     def _ninteract(self, k: int) -> int:
         return int(self.params.get("ninteract") or 4 * self._ncandidates(k))
