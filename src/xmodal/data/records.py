@@ -14,12 +14,12 @@ stable while the file only grows at the end.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DatasetFormatError
+from .chinese_clip import json_lines
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -37,14 +37,7 @@ class Record:
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetFormatError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
+        yield from json_lines(path)
     elif suffix in TABLE_SUFFIXES:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter=TABLE_SUFFIXES[suffix])
