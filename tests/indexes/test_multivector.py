@@ -62,7 +62,7 @@ def test_compressed_recall_and_size(nbits, min_recall):
     ref = exact_maxsim_topk(queries, docs, 10)
     recall = np.mean([len({int(x) for x in ids[i]} & set(ref[i].tolist())) / 10 for i in range(len(queries))])
     assert recall >= min_recall, recall
-    assert index.bytes_per_token() == 2 + 32 * nbits / 8  # uint16 centroid id + packed residual
+    assert index.bytes_per_token() == 2 + 32 * nbits / 8 + 4  # uint16 centroid id + packed residual + float32 norm
     # the first result is always one of the exact top 10 (within a topic the order is a near-tie)
     assert all(int(ids[i][0]) in set(ref[i].tolist()) for i in range(len(queries)))
 
@@ -239,7 +239,7 @@ def test_full_vectors_option_rescores_exactly_and_round_trips(tmp_path):
     docs, queries = _hard()
     index = MultiVectorIndex(32, nbits=2, n_centroids=16, nprobe=16, ncandidates=300, ninteract=300, full_vectors=True)
     index.add([str(i) for i in range(len(docs))], docs)
-    assert index.bytes_per_token() == 2 + 8 + 2 * 32  # codes + 2-bit residuals + float16 vectors
+    assert index.bytes_per_token() == 2 + 8 + 4 + 2 * 32  # codes + 2-bit residuals + norm + float16 vectors
     half = [d.astype(np.float16).astype(np.float32) for d in docs]
     assert index.search(queries, 10)[1].tolist() == [[str(j) for j in row] for row in exact_maxsim_topk(queries, half, 10)]
     assert index.remove(["3"]) == 1
@@ -256,3 +256,52 @@ def test_narrow_filter_still_fills_k_results():
     scores, ids = index.search(queries, 3, filter=allowed)
     assert all(len(set(row)) == 3 and set(row) <= allowed for row in ids.tolist())
     assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4, 8])
+def test_lookup_table_scoring_equals_maxsim_on_decoded_vectors(nbits):
+    """The codec path scores residuals through per-query (byte position, byte value) tables and the stored
+    per-token norms, never reconstructing vectors: every document's score must equal MaxSim with its decoded
+    (normalised) vectors, and the ranking must be the same."""
+    docs, queries = _hard(n=120)
+    queries = queries + [queries[0][:1]]  # a ragged batch: the short query's padding must add nothing
+    index = MultiVectorIndex(32, nbits=nbits, n_centroids=16)
+    index.add([str(i) for i in range(len(docs))], docs)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    decoded = [index.decompress(np.arange(offsets[i], offsets[i + 1])) for i in range(len(docs))]
+    q, qmask = pad(queries, 32)
+    every = torch.arange(len(docs)).expand(len(queries), -1)
+    scores, order = index._rank_codes(q, qmask, index._centroid_scores(q, qmask), every, len(docs))
+    want = np.array([[maxsim_numpy_reference(qq, decoded[j]) for j in row] for qq, row in zip(queries, order)])
+    np.testing.assert_allclose(scores, want, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all() and sorted(order[0].tolist()) == list(range(len(docs)))
+    ref = exact_maxsim_topk(queries, decoded, 10)
+    top = order[:, :10]
+    # same top 10 (ties within float tolerance aside): the reference's 10th score is reached by every pick
+    assert all(np.isin(top[n], ref[n]).mean() >= 0.9 for n in range(len(queries)))
+
+
+def test_index_saved_without_norms_loads_searches_and_saves_them(tmp_path):
+    """Indexes saved before the per-token norms were stored: loading computes them, search is unchanged, and
+    the next save writes them (the folder keeps loading with this code and with older code)."""
+    import json
+
+    docs, queries = _hard()
+    index = MultiVectorIndex(32, nbits=2, n_centroids=16, nprobe=4, ncandidates=40)
+    index.add([str(i) for i in range(len(docs))], docs)
+    index.remove(["7"])  # norms stay aligned with the remaining tokens
+    want = index.search(queries, 10)
+    index.save(tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    stored = manifest.get("files", {}).pop("norms.npy", "norms.npy")
+    del manifest["checksums"]["norms.npy"]
+    (tmp_path / "old" / stored).unlink()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    old = MultiVectorIndex.load(tmp_path / "old")
+    np.testing.assert_allclose(old._norms, index._norms, rtol=1e-6)
+    got = old.search(queries, 10)
+    assert got[1].tolist() == want[1].tolist()
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    old.save(tmp_path / "again")
+    assert "norms.npy" in json.loads((tmp_path / "again" / "manifest.json").read_text())["checksums"]
+    np.testing.assert_array_equal(MultiVectorIndex.load(tmp_path / "again")._norms, old._norms)

@@ -2,15 +2,17 @@
 
 Storage: k-means centroids over all document token vectors; each token is stored as its centroid
 id (uint16/int32) plus ``nbits`` (1, 2, 4 or 8) per dimension for the residual, quantised with
-per-dimension bucket cutoffs and reconstructed with per-bucket mean values. At d=128 and nbits=2
-that is 2 + 32 = 34 bytes per token instead of 512 (float32).
+per-dimension bucket cutoffs and reconstructed with per-bucket mean values, plus the float32 norm of the
+decoded vector. At d=128 and nbits=2 that is 2 + 32 + 4 = 38 bytes per token instead of 512 (float32).
 
 Search, all queries at once (torch): (1) centroid scores ``Q @ C^T``; (2) candidates = documents on the
 inverted lists of each query token's ``nprobe`` best centroids (probes scoring below ``centroid_threshold``
 pruned, PLAID-style), ranked by a sparse centroid interaction; (3) the best ``ninteract`` re-ranked by the
 full centroid interaction (every token's centroid code, no residual decoding); (4) MaxSim on the best
-``ncandidates`` documents' decompressed vectors (a per-byte lookup table), or on float16 copies stored with
-``full_vectors=True`` (2*dim more bytes per token). ``nbits=None`` stores raw float32 vectors and searches by
+``ncandidates`` documents' decoded vectors, scored without reconstructing them: per query a table of
+(byte position, byte value) -> q . residual part, plus q . centroid, divided by the token's stored norm of
+centroid + residual (4 bytes per token), or on float16 copies stored with ``full_vectors=True`` (2*dim more
+bytes per token). ``nbits=None`` stores raw float32 vectors and searches by
 brute force: it equals exact MaxSim ranking and serves as the reference.
 """
 
@@ -102,6 +104,7 @@ class MultiVectorIndex:
     _codes = _stored("codes")  # centroid id per token
     _packed = _stored("packed")  # nbits-bit residual buckets, packed
     _full = _stored("full")  # float16 token vectors, only with full_vectors=True
+    _norms = _stored("norms")  # norm of each token's decoded centroid + residual (float32), nbits only
 
     def __init__(self, dim: int, nbits: int | None = 2, n_centroids: int | None = None, model_id: str | None = None,
                  nprobe: int = 16, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
@@ -126,6 +129,7 @@ class MultiVectorIndex:
         self._codes = np.zeros(0, dtype=np.int32)  # centroid id per token
         self._packed = np.zeros((0, (dim * nbits // 8) if nbits else 0), dtype=np.uint8)
         self._full = np.zeros((0, dim), dtype=np.float16)
+        self._norms = np.zeros(0, dtype=np.float32)
         self.centroids: np.ndarray | None = None
         self.cutoffs: np.ndarray | None = None  # (dim, 2**nbits - 1)
         self.weights: np.ndarray | None = None  # (dim, 2**nbits)
@@ -168,7 +172,8 @@ class MultiVectorIndex:
         """Stored bytes per token (codes + residuals, or raw floats), excluding the shared centroids."""
         if self.nbits is None:
             return 4.0 * self.dim
-        return self._codes.dtype.itemsize + self._packed.shape[1] + (2 * self.dim if self.params["full_vectors"] else 0)
+        return (self._codes.dtype.itemsize + self._packed.shape[1] + self._norms.dtype.itemsize
+                + (2 * self.dim if self.params["full_vectors"] else 0))
 
     # ------------------------------------------------------------------ compression
     def _train(self, tokens: np.ndarray) -> None:
@@ -226,6 +231,19 @@ class MultiVectorIndex:
         shifts = (np.arange(per) * self.nbits).astype(np.uint8)
         return np.bitwise_or.reduce(b << shifts, axis=2).astype(np.uint8)
 
+    def _decoded_norms(self, codes: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """Norms of the decoded (centroid + residual) vectors, before normalisation: stored per token so that
+        search scores residuals through per-query lookup tables without reconstructing the vectors."""
+        lut = self._lookup_table()
+        out = np.empty(len(codes), dtype=np.float32)
+        offs = np.arange(packed.shape[1], dtype=np.int32) * 256
+        for s in range(0, len(codes), 65536):
+            p = packed[s:s + 65536].astype(np.int32) + offs
+            v = np.take(lut, p, axis=0).reshape(len(p), self.dim)
+            v += np.take(self.centroids, codes[s:s + 65536].astype(np.intp), axis=0)
+            out[s:s + 65536] = np.linalg.norm(v, axis=1)
+        return out
+
     def _unpack(self, packed: np.ndarray) -> np.ndarray:
         per = 8 // self.nbits
         shifts = (np.arange(per) * self.nbits).astype(np.uint8)
@@ -251,6 +269,7 @@ class MultiVectorIndex:
             codes, packed = self._compress(tokens)
             self._cols["codes"].append(codes)
             self._cols["packed"].append(packed)
+            self._cols["norms"].append(self._decoded_norms(codes, packed))
             if self.params["full_vectors"]:
                 self._cols["full"].append(tokens.astype(np.float16))
         self._cols["doclens"].append(np.array([len(d) for d in docs], dtype=np.int64))
@@ -271,7 +290,7 @@ class MultiVectorIndex:
         if self.nbits is None:
             self._raw = self._raw[keep_tok]
         else:
-            self._codes, self._packed = self._codes[keep_tok], self._packed[keep_tok]
+            self._codes, self._packed, self._norms = self._codes[keep_tok], self._packed[keep_tok], self._norms[keep_tok]
             if self.params["full_vectors"]:
                 self._full = self._full[keep_tok]
         self._doclens = self._doclens[keep_doc]
@@ -307,6 +326,8 @@ class MultiVectorIndex:
                 cache["ivf_docs"] = torch.from_numpy(pairs % n_docs)
                 cache["centroids"] = torch.from_numpy(self.centroids)
                 cache["lut"] = self._lookup_table()
+                per = 8 // self.nbits
+                cache["lut3"] = torch.from_numpy(cache["lut"]).reshape(self._packed.shape[1], 256, per)
             self._ivf = cache
         return self._ivf
 
@@ -354,7 +375,8 @@ class MultiVectorIndex:
         packed += np.arange(packed.shape[1], dtype=np.intp) * 256
         resid = np.take(c["lut"], packed, axis=0).reshape(len(flat), self.dim)
         resid += np.take(self.centroids, np.take(self._codes, flat).astype(np.intp), axis=0)
-        return torch.nn.functional.normalize(torch.from_numpy(resid), dim=-1).reshape(*pos.shape, self.dim)
+        resid /= np.maximum(np.take(self._norms, flat), 1e-12)[:, None]
+        return torch.from_numpy(resid).reshape(*pos.shape, self.dim)
 
     def decompress(self, token_idx: np.ndarray) -> np.ndarray:
         """Reconstructed (unit-normalised) vectors of the given token positions (never the stored float16 ones)."""
@@ -406,14 +428,16 @@ class MultiVectorIndex:
             docs = np.flatnonzero(allowed) if allowed is not None else np.arange(n_docs)
             cand = torch.from_numpy(docs).expand(len(q), len(docs)) if len(docs) else torch.full((len(q), 1), -1)
             return self._rank_exact(q, qmask, cand, k)
+        scores = self._centroid_scores(q, qmask)
         if allowed is not None and allowed.sum() <= self._ncandidates(k):
             docs = np.flatnonzero(allowed)  # a selective filter: every allowed document is re-scored
             cand = torch.from_numpy(docs).expand(len(q), len(docs)) if len(docs) else torch.full((len(q), 1), -1)
+        else:
+            cand = self._candidates(scores, qmask, k, allowed)
+            cand = self._centroid_rerank(scores, qmask, cand, self._ncandidates(k))
+        if self.params["full_vectors"]:
             return self._rank_exact(q, qmask, cand, k)
-        scores = self._centroid_scores(q, qmask)
-        cand = self._candidates(scores, qmask, k, allowed)
-        cand = self._centroid_rerank(scores, cand, self._ncandidates(k))
-        return self._rank_exact(q, qmask, cand, k)
+        return self._rank_codes(q, qmask, scores, cand, k)
 
     def _centroid_scores(self, q: torch.Tensor, qmask: torch.Tensor) -> torch.Tensor:
         s = torch.einsum("qid,kd->qik", q, self._search_cache()["centroids"])
@@ -468,18 +492,66 @@ class MultiVectorIndex:
             out = grown
         return out
 
-    def _centroid_rerank(self, s: torch.Tensor, cand: torch.Tensor, n: int) -> torch.Tensor:
-        """The best ``n`` of ``cand`` by centroid interaction over all their tokens' codes (PLAID's stage 3)."""
+    def _best_docs(self, qmask: torch.Tensor, cand: torch.Tensor, n: int,
+                   token_scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query, the best ``n`` of ``cand`` (positions, -1 = none) by MaxSim over token scores:
+        ``token_scores(query, flat token positions)`` gives each token's score against each real query token
+        ``(tokens, t)``. Documents go in chunks (a running top-``n``: memory stays bounded)."""
+        nq, n = len(cand), min(n, cand.shape[1])
+        out_s, out_d = torch.full((nq, n), -torch.inf), torch.full((nq, n), -1, dtype=torch.long)
+        step = max(1, 65536 // max(int(self._doclens.max()), 1))  # ~64k document tokens at a time
+        for i in range(nq):
+            docs = cand[i][cand[i] >= 0]
+            best_s, best_d = out_s[i, :0], out_d[i, :0]
+            for s0 in range(0, len(docs), step):
+                part = docs[s0:s0 + step]
+                pos, mask = self._tokens_of(part)  # (docs, L)
+                tok = token_scores(i, pos.reshape(-1).numpy()).reshape(*pos.shape, -1)  # (docs, L, t)
+                if not bool(mask.all()):
+                    tok.masked_fill_(~mask[..., None], -torch.inf)
+                sc = tok.amax(1).sum(1)
+                best_s, best_d = torch.cat([best_s, sc]), torch.cat([best_d, part])
+                top = _top(best_s[None], n)[0]  # stable: ties keep candidate order, however chunked
+                best_s, best_d = best_s[top], best_d[top]
+            out_s[i, :len(best_s)], out_d[i, :len(best_d)] = best_s, best_d
+        return out_s, out_d
+
+    def _centroid_rerank(self, s: torch.Tensor, qmask: torch.Tensor, cand: torch.Tensor, n: int) -> torch.Tensor:
+        """The best ``n`` of ``cand`` by centroid interaction over all their tokens' codes (PLAID's stage 3):
+        each token's score is a row of the query's transposed centroid scores (one row gather per token)."""
         if cand.shape[1] <= n:
             return cand
+        tables = _per_query_columns(s.transpose(1, 2).contiguous(), qmask)  # (K, t): centroid -> score per token
+
+        def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
+            return torch.nn.functional.embedding(torch.from_numpy(np.take(self._codes, flat).astype(np.int64)), tables[i])
+
+        sc, docs = self._best_docs(qmask, cand, n, token_scores)
+        return docs.masked_fill(torch.isinf(sc), -1)
+
+    def _rank_codes(self, q: torch.Tensor, qmask: torch.Tensor, s: torch.Tensor, cand: torch.Tensor,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+        """MaxSim with the candidates' decoded vectors, computed from the codes without reconstructing them:
+        q . normalize(c + r) = (q . c + sum over residual bytes of q . r_byte) / |c + r|. Per query a table
+        maps (byte position, byte value) -> that byte's residual dot product with each query token, and a
+        centroid id -> q . c (the centroid scores); one embedding-bag sum per token, divided by its stored norm."""
         c = self._search_cache()
-        pos, mask = self._tokens_of(cand)  # (nq, nc, L)
-        codes = torch.from_numpy(np.take(self._codes, pos.reshape(-1).numpy()).astype(np.int64))
-        codes = codes.reshape(len(s), 1, -1).expand(-1, s.shape[1], -1)
-        sim = s.gather(2, codes).reshape(len(s), s.shape[1], *pos.shape[1:])  # (nq, tq, nc, L)
-        sim = sim.masked_fill(~mask[:, None], -torch.inf).amax(-1).sum(1)
-        sim = sim.masked_fill(cand < 0, -torch.inf)
-        return cand.gather(1, _top(sim, n))
+        nbytes, per = self._packed.shape[1], 8 // self.nbits
+        offsets = np.arange(nbytes, dtype=np.int32) * 256
+        resid = torch.einsum("qtjp,jbp->qjbt", q.reshape(*q.shape[:2], nbytes, per), c["lut3"])
+        both = torch.cat([resid.reshape(len(q), nbytes * 256, q.shape[1]), s.transpose(1, 2)], 1)
+        tables = _per_query_columns(both, qmask)  # (rows, t) per query, real query tokens only
+
+        def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
+            idx = np.empty((len(flat), nbytes + 1), dtype=np.int32)
+            np.add(np.take(self._packed, flat, axis=0), offsets, out=idx[:, :nbytes])
+            idx[:, nbytes] = np.take(self._codes, flat)
+            idx[:, nbytes] += nbytes * 256
+            tok = torch.nn.functional.embedding_bag(torch.from_numpy(idx), tables[i], mode="sum")
+            return tok.div_(torch.from_numpy(np.maximum(np.take(self._norms, flat), 1e-12))[:, None])
+
+        sc, docs = self._best_docs(qmask, cand, k, token_scores)
+        return sc.numpy(), docs.masked_fill(torch.isinf(sc), -1).numpy()
 
     def _rank_exact(self, q: torch.Tensor, qmask: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """MaxSim of each query with its candidates' (decompressed) token vectors; the top ``k``."""
@@ -506,8 +578,8 @@ class MultiVectorIndex:
             if self.nbits is None:
                 arrays["raw"] = self._raw
             else:
-                arrays.update(codes=self._codes, packed=self._packed, centroids=self.centroids, cutoffs=self.cutoffs,
-                              weights=self.weights)
+                arrays.update(codes=self._codes, packed=self._packed, norms=self._norms, centroids=self.centroids,
+                              cutoffs=self.cutoffs, weights=self.weights)
                 if self.params["full_vectors"]:
                     arrays["full"] = self._full
             files = []
@@ -537,7 +609,7 @@ class MultiVectorIndex:
         if self.nbits is None:
             self._raw = np.load(m.path(path, "raw.npy"))
         else:
-            for name in ("codes", "packed", "centroids", "cutoffs", "weights", "full"):
+            for name in ("codes", "packed", "norms", "centroids", "cutoffs", "weights", "full"):
                 if f"{name}.npy" not in m.checksums:  # absent in an empty index (no centroids trained yet)
                     continue
                 try:
@@ -546,13 +618,20 @@ class MultiVectorIndex:
                     if m.count:
                         raise CorruptIndexError(f"index '{path}': '{name}.npy' cannot be read. Rebuild the index.") from None
                     continue
-                setattr(self, "_" + name if name in ("codes", "packed", "full") else name, arr)
+                setattr(self, "_" + name if name in ("codes", "packed", "norms", "full") else name, arr)
+            if len(self._norms) != len(self._codes):  # saved before norms were stored: computed once here
+                self._norms = self._decoded_norms(self._codes, self._packed)
         self._ids = read_index_json(m.path(path, "ids.json"))
         self._label = {i: n for n, i in enumerate(self._ids)}
         self._meta = read_index_json(m.path(path, "metadata.json"))
         if len(self._ids) != m.count or len(self._doclens) != m.count:
             raise CorruptIndexError(f"index '{path}' lists {len(self._ids)} ids but its manifest says {m.count}.")
         return self
+
+
+def _per_query_columns(tables: torch.Tensor, qmask: torch.Tensor) -> list[torch.Tensor]:
+    """``tables`` (nq, rows, tq) -> per query a contiguous ``(rows, t)`` table of its real tokens' columns."""
+    return [t if bool(m.all()) else t[:, m].contiguous() for t, m in zip(tables, qmask)]
 
 
 def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
