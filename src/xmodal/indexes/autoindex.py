@@ -135,7 +135,8 @@ def _sample(shards: Shards, n_total: int, target: int, seed: int = 0) -> tuple[l
     for s_ids, s_vecs, s_sigs in shards():
         take = np.flatnonzero(rng.random(len(s_ids)) < frac) if frac < 1 else np.arange(len(s_ids))
         ids += [s_ids[j] for j in take]
-        vecs += [s_vecs[j] for j in take]
+        # copies of the drawn rows: a row view would keep its whole shard alive (every shard, in the end)
+        vecs += list(s_vecs[take]) if isinstance(s_vecs, np.ndarray) else [np.array(s_vecs[j]) for j in take]
         m = _metadata(s_ids, s_sigs)
         has_meta = has_meta and m is not None
         metas += [m[j] for j in take] if m is not None else []
@@ -158,11 +159,17 @@ def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "aut
     from .faiss_index import FaissIndex
 
     choice = _choose_single(info, kind, memory_budget_bytes)
-    index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, target_recall=target_recall, **choice.params)
+    params = dict(choice.params)
+    if choice.kind == "ivfpq":  # lists for the whole collection, not for the training sample
+        params.setdefault("nlist", ivf_nlist(info.count))
+    index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, target_recall=target_recall, **params)
+    index.reserve(info.count)  # the vector storage is filled in place: peak ~ one index + one shard
     if choice.kind == "ivfpq":  # train on a sample drawn from every shard, then stream everything
-        nlist = choice.params.get("nlist") or ivf_nlist(info.count)
-        _, vecs, _ = _sample(shards, info.count, train_sample or max(200_000, 39 * nlist))
-        index.train(np.stack(vecs))
+        _, vecs, _ = _sample(shards, info.count, train_sample or max(200_000, 39 * params["nlist"]))
+        train = np.stack(vecs)
+        del vecs
+        index.train(train)
+        del train
     for ids, vecs, sigs in shards():
         index.add(ids, vecs, metadata=_metadata(ids, sigs))
     if target_recall is not None and choice.kind != "flat" and len(index):

@@ -115,6 +115,8 @@ class FaissIndex:
         self._table: Any = None  # pyarrow Table (id, meta) of a loaded index, until materialised
         self._n_live = 0
         self._mmap_path: str | None = None  # index.faiss memory-mapped from here (read-only until changed)
+        self._mmap_file: _OpenFile | None = None  # that file, kept open: read into memory on the first change
+        self._reserve = 0  # vectors to make room for when the FAISS index is created (reserve)
         self._removed: set[int] = set()  # labels masked at search time (HNSW cannot delete)
         self._index: faiss.Index | None = None
         self._ids_arr: np.ndarray | None = None  # cached object array for fast label->id lookup
@@ -160,14 +162,39 @@ class FaissIndex:
             return out.reshape(labels.shape)
         return self._lookup()[labels]
 
-    def _writable(self) -> None:
-        """A memory-mapped FAISS index is read-only: read it into memory before the first change."""
+    def _writable(self, capacity: int = 0) -> None:
+        """A memory-mapped FAISS index is read-only: read it into memory before the first change.
+
+        Read from the file opened when the index was loaded (still that version even if a later save in
+        place removed its name), after releasing the mapping: one copy of the index in memory. (A copy
+        through ``serialize_index``/``deserialize_index`` held the mapped pages, a growing byte buffer, its
+        numpy copy and the new index at once: peak RSS ~5x the index, 11 GiB for 1M x 512 flat.)
+        ``capacity``: vectors to make room for at once (see ``reserve``).
+        """
         if self._mmap_path is not None:
-            # from the mapped bytes, not the file: a later save in place may have replaced that version
-            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            mapped, self._index, self._tombstone_cache = self._index, None, None
+            del mapped  # unmaps: the pages are read once more from the file (page cache), not copied twice
+            try:
+                self._index = _read_index_fd(self._mmap_file.fd)
+            except RuntimeError as e:
+                from ..errors import CorruptIndexError
+
+                raise CorruptIndexError(f"'{self._mmap_path}' could not be read back into memory ({e}); "
+                                        "reload the index.") from None
             self._mmap_path = None
+            self._mmap_file = None
             self._pos_ids = None
             self._apply_search_params()
+        if capacity:
+            _reserve_codes(self._index, capacity)
+
+    def reserve(self, total: int) -> None:
+        """Make room for ``total`` vectors in the index's vector storage at once, before streaming ``add`` calls
+        (e.g. the count of the embedding shards being indexed): the storage is then filled in place instead of
+        reallocated as it grows (each growth step copied it, holding old and new copies at once)."""
+        self._reserve = max(int(total), 0)
+        if self._index is not None and self._delta is None:
+            self._writable(self._reserve)
 
     # ------------------------------------------------------------------ building
     @property
@@ -231,6 +258,8 @@ class FaissIndex:
         if self._index is not None:
             raise InvalidInputError("the index is already trained/populated.")
         self._index = self._new_faiss_index(vecs)
+        if self._reserve:
+            _reserve_codes(self._index, self._reserve)
 
     def add(
         self,
@@ -247,6 +276,8 @@ class FaissIndex:
             return
         if self._index is None:
             self._index = self._new_faiss_index(vecs)
+            if self._reserve:
+                _reserve_codes(self._index, self._reserve)
         start = len(self._ids)
         labels = np.arange(start, start + len(ids), dtype=np.int64)
         if self._delta is not None:  # after a save/load: the saved base stays as it is (and mapped)
@@ -718,10 +749,11 @@ class FaissIndex:
             self._index = None
             if mmap:  # flat codes (Flat, HNSW storage, SQ8 refine) are mapped; IVF lists are read
                 try:
+                    self._mmap_file = _OpenFile(stored)
                     self._index = faiss.read_index(stored, faiss.IO_FLAG_MMAP_IFC)
                     self._mmap_path = stored
-                except RuntimeError:  # a type FAISS cannot map: read it
-                    self._index = None
+                except (RuntimeError, OSError):  # a type FAISS cannot map: read it
+                    self._index = self._mmap_file = None
             if self._index is None:
                 self._index = faiss.read_index(stored)
             self._apply_search_params()
@@ -763,6 +795,63 @@ def _id_strings(col: Any) -> list[str | None]:
     if pa.types.is_large_binary(col.type) or pa.types.is_binary(col.type):
         return [None if v is None else v.decode("utf-8", "surrogateescape") for v in values]
     return values
+
+
+class _OpenFile:
+    """A read-only file descriptor closed when its owner is collected (no ResourceWarning, no leak)."""
+
+    def __init__(self, path: str) -> None:
+        import os
+        import weakref
+
+        self.fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
+
+
+def _read_index_fd(fd: int) -> faiss.Index:
+    """``faiss.read_index`` from an open descriptor (positioned reads: the descriptor is shared, not moved)."""
+    import os
+
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        chunk = os.pread(fd, n, pos)
+        pos += len(chunk)
+        return chunk
+
+    return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 24))
+
+
+def _code_stores(index: faiss.Index) -> list[Any]:
+    """The FAISS indexes whose vector codes live in one growing array (flat, SQ, HNSW storage, refine stage)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+    out = []
+    while inner is not None:
+        if isinstance(inner, faiss.IndexFlatCodes):
+            out.append(inner)
+            inner = None
+        elif isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        elif isinstance(inner, faiss.IndexRefine):
+            out += _code_stores(inner.refine_index)
+            inner = None
+        else:  # IVF lists grow per list; binary/other kinds: nothing to reserve
+            inner = None
+    return out
+
+
+def _reserve_codes(index: faiss.Index, total: int) -> None:
+    """Capacity for ``total`` vectors in each code array (std::vector keeps its capacity when shrunk: grow to the
+    final size once, then back): later adds fill it in place, no reallocation copy."""
+    for store in _code_stores(index):
+        codes = store.codes
+        if not codes.is_owned:
+            continue
+        have, need = codes.size(), int(total) * int(store.code_size)
+        if need > have:
+            codes.resize(need)
+            codes.resize(have)
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:

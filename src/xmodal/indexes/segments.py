@@ -275,14 +275,23 @@ def compact(index: "FaissIndex") -> None:
     delta = index._delta
     if index._index is None:
         return
+    labels = vectors = None
     if delta is not None and len(delta):
-        index._writable()
-        index._index.add_with_ids(delta.vectors(), delta.labels())
+        labels, vectors = delta.labels(), delta.vectors()
     index._delta = None
     if index.kind == "flat" and index._removed and not index._quant.refines:  # flat deletes (a refine wrapper masks)
+        # Removed rows go first (in place; the array keeps its capacity), so the delta's rows fill the freed room
+        # instead of reallocating the whole array (which held two copies at once).
+        removed = np.fromiter(index._removed, dtype=np.int64)
         index._writable()
-        index._index.remove_ids(faiss.IDSelectorBatch(np.fromiter(index._removed, dtype=np.int64)))
+        index._index.remove_ids(faiss.IDSelectorBatch(removed))
+        if labels is not None:
+            live = ~np.isin(labels, removed)
+            labels, vectors = labels[live], vectors[live]
         index._removed = set()
+    if labels is not None and len(labels):
+        index._writable(capacity=int(index._index.ntotal) + len(labels))
+        index._index.add_with_ids(vectors, labels)
     index._ids_arr = index._pos_ids = None
     index._apply_search_params()
     if index._saved is not None:
