@@ -305,3 +305,12 @@ def test_index_saved_without_norms_loads_searches_and_saves_them(tmp_path):
     old.save(tmp_path / "again")
     assert "norms.npy" in json.loads((tmp_path / "again" / "manifest.json").read_text())["checksums"]
     np.testing.assert_array_equal(MultiVectorIndex.load(tmp_path / "again")._norms, old._norms)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 7, 32, 33])
+def test_max_over_tokens_equals_amax(length):
+    from xmodal.indexes.multivector import _max_over_tokens
+
+    x = torch.randn(6, length, 3)
+    x[0, -1] = torch.inf  # the odd last token must count
+    assert torch.equal(_max_over_tokens(x), x.amax(1))

@@ -440,8 +440,10 @@ class MultiVectorIndex:
         return self._rank_codes(q, qmask, scores, cand, k)
 
     def _centroid_scores(self, q: torch.Tensor, qmask: torch.Tensor) -> torch.Tensor:
-        s = torch.einsum("qid,kd->qik", q, self._search_cache()["centroids"])
-        return s.masked_fill(~qmask[..., None], 0.0)  # padding tokens add nothing
+        """``(nq, tq, K)`` scores, padding tokens 0: a transposed view of a contiguous ``(nq, K, tq)`` tensor,
+        whose per-query ``(K, tq)`` slices are the centroid -> score-per-token tables of the later stages."""
+        s = torch.matmul(self._search_cache()["centroids"], q.transpose(1, 2))  # (nq, K, tq)
+        return s.masked_fill_(~qmask[:, None, :], 0.0).transpose(1, 2)
 
     def _candidates(self, s: torch.Tensor, qmask: torch.Tensor, k: int, allowed: np.ndarray | None) -> torch.Tensor:
         """``(nq, ninteract)`` candidate document positions (-1 = none) from the probed inverted lists;
@@ -509,7 +511,7 @@ class MultiVectorIndex:
                 tok = token_scores(i, pos.reshape(-1).numpy()).reshape(*pos.shape, -1)  # (docs, L, t)
                 if not bool(mask.all()):
                     tok.masked_fill_(~mask[..., None], -torch.inf)
-                sc = tok.amax(1).sum(1)
+                sc = _max_over_tokens(tok).sum(1)
                 best_s, best_d = torch.cat([best_s, sc]), torch.cat([best_d, part])
                 top = _top(best_s[None], n)[0]  # stable: ties keep candidate order, however chunked
                 best_s, best_d = best_s[top], best_d[top]
@@ -521,7 +523,7 @@ class MultiVectorIndex:
         each token's score is a row of the query's transposed centroid scores (one row gather per token)."""
         if cand.shape[1] <= n:
             return cand
-        tables = _per_query_columns(s.transpose(1, 2).contiguous(), qmask)  # (K, t): centroid -> score per token
+        tables = _per_query_columns(s.transpose(1, 2), qmask)  # (K, t): centroid -> score per token
 
         def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
             return torch.nn.functional.embedding(torch.from_numpy(np.take(self._codes, flat).astype(np.int64)), tables[i])
@@ -538,16 +540,26 @@ class MultiVectorIndex:
         c = self._search_cache()
         nbytes, per = self._packed.shape[1], 8 // self.nbits
         offsets = np.arange(nbytes, dtype=np.int32) * 256
-        resid = torch.einsum("qtjp,jbp->qjbt", q.reshape(*q.shape[:2], nbytes, per), c["lut3"])
-        both = torch.cat([resid.reshape(len(q), nbytes * 256, q.shape[1]), s.transpose(1, 2)], 1)
-        tables = _per_query_columns(both, qmask)  # (rows, t) per query, real query tokens only
+        centroid_tables = _per_query_columns(s.transpose(1, 2), qmask)
+        built: dict[int, torch.Tensor] = {}
+
+        def table(i: int) -> torch.Tensor:
+            """Query ``i``'s (bytes * 256 + K, t) table, built when its documents are scored (one at a time)."""
+            if i not in built:
+                built.clear()
+                qi = q[i][qmask[i]].reshape(-1, nbytes, per).permute(1, 2, 0)  # (bytes, per, t)
+                t = torch.empty(nbytes * 256 + len(centroid_tables[i]), qi.shape[2])
+                torch.bmm(c["lut3"], qi, out=t[: nbytes * 256].view(nbytes, 256, -1))
+                t[nbytes * 256:] = centroid_tables[i]
+                built[i] = t
+            return built[i]
 
         def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
             idx = np.empty((len(flat), nbytes + 1), dtype=np.int32)
             np.add(np.take(self._packed, flat, axis=0), offsets, out=idx[:, :nbytes])
             idx[:, nbytes] = np.take(self._codes, flat)
             idx[:, nbytes] += nbytes * 256
-            tok = torch.nn.functional.embedding_bag(torch.from_numpy(idx), tables[i], mode="sum")
+            tok = torch.nn.functional.embedding_bag(torch.from_numpy(idx), table(i), mode="sum")
             return tok.div_(torch.from_numpy(np.maximum(np.take(self._norms, flat), 1e-12))[:, None])
 
         sc, docs = self._best_docs(qmask, cand, k, token_scores)
@@ -627,6 +639,18 @@ class MultiVectorIndex:
         if len(self._ids) != m.count or len(self._doclens) != m.count:
             raise CorruptIndexError(f"index '{path}' lists {len(self._ids)} ids but its manifest says {m.count}.")
         return self
+
+
+def _max_over_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``x.amax(1)`` for ``(docs, L, t)``, as log2(L) elementwise maxima of halves: several times faster on CPU
+    than torch's reduction over a middle dimension."""
+    while x.shape[1] > 1:
+        h = x.shape[1] // 2
+        head = torch.maximum(x[:, :h], x[:, h:2 * h])
+        if x.shape[1] % 2:
+            head[:, :1] = torch.maximum(head[:, :1], x[:, 2 * h:])
+        x = head
+    return x[:, 0]
 
 
 def _per_query_columns(tables: torch.Tensor, qmask: torch.Tensor) -> list[torch.Tensor]:
