@@ -168,3 +168,77 @@ def test_ivfpq_sq8_refine_exact_scan_of_few_allowed_items():
     allowed = {ids[j] for j in range(N) if matches(where, metas[j])}
     assert all(len(r) == min(K, len(allowed)) and set(r) <= allowed for r in found)
     assert np.mean([len(set(f) & set(w)) / len(w) for f, w in zip(found, want)]) >= 0.9
+
+
+# ---------------------------------------------------------------- plans (indexes/filtered.py)
+def _spy(monkeypatch, name):
+    from xmodal.indexes import filtered
+
+    calls = []
+    real = getattr(filtered, name)
+
+    def wrapped(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(filtered, name, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("kind, options", [("hnsw", {}),
+                                           ("ivfpq", {"nlist": 16, "pq_m": 4, "pq_bits": 6, "refine": "flat", "k_factor": 64})])
+def test_broad_filter_is_post_filtered_and_equals_brute_force(kind, options, monkeypatch):
+    """A filter keeping half of the items: one unfiltered search for k' = 2k/fraction results with the disallowed
+    ones dropped (no selector search), k allowed results per query, exactly the brute-force ids."""
+    x, q, ids, metas = _data()
+    index = FaissIndex(D, kind=kind, **options)
+    index.add(ids, x, metadata=metas)
+    index.remove(ids[::50])
+    pre = _spy(monkeypatch, "_pre_filter")
+    where = 'color = "red" or color = "blue"'
+    found = hits(index.search(q, K, where=where)[1])
+    assert pre == []  # every row had k allowed among the k' unfiltered results
+    assert all(len(r) == K for r in found)
+    assert found == brute_force(x, q, ids, metas, where, K, set(ids) - set(ids[::50]))
+
+
+def test_post_filter_falls_back_when_rows_are_left_short(monkeypatch):
+    """40% allowed, but all of them far from the queries: the unfiltered top-k' holds none of them, so those rows
+    are searched again over the allowed items only, and still return exactly the brute-force top-k."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    centre = rng.standard_normal(D).astype(np.float32)
+    x = rng.standard_normal((n, D)).astype(np.float32) * 0.3
+    far = np.arange(n) % 5 < 2  # 40% allowed, on the opposite side
+    x[far] -= centre
+    x[~far] += centre
+    ids = [str(i) for i in range(n)]
+    metas = [{"far": bool(f)} for f in far]
+    index = FaissIndex(D, kind="hnsw", ef_search=32)
+    index.add(ids, x, metadata=metas)
+    q = x[~far][:6] + 0.01
+    pre = _spy(monkeypatch, "_pre_filter")
+    found = hits(index.search(q, K, where="far = true")[1])
+    assert len(pre) == 1 and len(pre[0][2]) == len(q)  # one fallback search for the short rows
+    assert found == brute_force(x, q, ids, metas, "far = true", K)
+
+
+def test_exact_or_graph_is_a_cost_choice_not_an_item_count(monkeypatch):
+    """2,500 allowed (25%, above the former fixed 2,048): a wide beam (efSearch 512) would score more vectors than
+    the allowed items, so they are scored exactly (the brute-force ids); a narrow beam (16) searches the graph."""
+    rng = np.random.default_rng(7)
+    n = 10_000
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    ids = [str(i) for i in range(n)]
+    metas = [{"b": i % 4} for i in range(n)]
+    index = FaissIndex(8, kind="hnsw", hnsw_m=16, ef_construction=40, ef_search=512)
+    index.add(ids, x, metadata=metas)
+    exact = _spy(monkeypatch, "_exact_subset")
+    found = hits(index.search(x[:5], K, where="b = 1")[1])
+    assert len(exact) == 1 and found == brute_force(x, x[:5], ids, metas, "b = 1", K)
+    index.set_search_params(ef_search=16)
+    found = hits(index.search(x[:5], K, where="b = 1")[1])
+    assert len(exact) == 1 and all(len(r) == K for r in found)  # graph with the selector: no exact scoring
+    # 5% of a few thousand items: exact whatever the beam, the brute-force ids
+    few = index.search(x[:5], K, where="b = 1", filter=ids[:4000:5])[1]
+    assert len(exact) == 2 and hits(few) == brute_force(x, x[:5], ids, metas, "b = 1", K, set(ids[:4000:5]))

@@ -30,6 +30,8 @@ except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
     raise ImportError("the FAISS backend needs faiss: `pip install faiss-cpu`") from e
 
 KINDS = ("flat", "hnsw", "ivfpq")
+# IVF-PQ refine codes: bytes per dimension (None: no refine stage). All are flat codes (memory-mappable).
+REFINES: dict[str | None, int] = {None: 0, "sq8": 1, "fp16": 2, "flat": 4}
 
 
 class FaissIndex:
@@ -45,7 +47,10 @@ class FaissIndex:
         nlist / pq_m / pq_bits / nprobe: IVF-PQ lists, sub-quantisers, bits per code, lists probed.
         refine / k_factor: IVF-PQ re-scores ``k * k_factor`` candidates with finer codes: ``"sq8"``
             (8-bit scalar quantisation, 1 byte/dim: recall close to exact at a quarter of float32's
-            memory), ``"flat"`` (float32) or ``None`` (PQ distances only, smallest, least accurate).
+            memory on spread-out vectors), ``"fp16"`` (half floats, 2 bytes/dim: for tightly clustered
+            vectors, whose near neighbours differ by less than SQ8's step -- measured in
+            ``benchmarks/filtered_search.py``: SQ8 re-ranking caps recall@10 at ~0.6 there, fp16 ~0.97),
+            ``"flat"`` (float32) or ``None`` (PQ distances only, smallest, least accurate).
         target_recall: HNSW/IVF-PQ: ``save`` first tunes the search settings to this recall@10 (``tune``),
             again whenever the index has grown or shrunk by more than 10% since the last tuning.
         tuning: the last ``tune`` outcome (restored from a manifest).
@@ -104,8 +109,8 @@ class FaissIndex:
                                rescore_factor=self._quant.factor)
         if target_recall is not None and not 0 < target_recall <= 1:
             raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
-        if refine not in (None, "sq8", "flat"):
-            raise InvalidInputError(f"refine must be None, 'sq8' or 'flat'; got {refine!r}.")
+        if refine not in REFINES:
+            raise InvalidInputError(f"refine must be None, 'sq8', 'fp16' or 'flat'; got {refine!r}.")
         # label -> id (None once removed), id -> label, id -> metadata. A loaded index keeps them as
         # Arrow columns (memory-mapped ids.arrow) and builds these Python objects only when asked
         # (add/remove/metadata), so opening and searching 10M items parses nothing per item.
@@ -229,8 +234,11 @@ class FaissIndex:
         ivf.nprobe = p["nprobe"]
         index: faiss.Index = ivf
         if p["refine"]:
-            fine = (faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, self._faiss_metric)
-                    if p["refine"] == "sq8" else faiss.IndexFlat(self.dim, self._faiss_metric))
+            if p["refine"] == "flat":
+                fine = faiss.IndexFlat(self.dim, self._faiss_metric)
+            else:  # per-dimension min/max trained SQ8 (QT_8bit; the uniform and quantile ranges measured worse), or fp16
+                qt = faiss.ScalarQuantizer.QT_8bit if p["refine"] == "sq8" else faiss.ScalarQuantizer.QT_fp16
+                fine = faiss.IndexScalarQuantizer(self.dim, qt, self._faiss_metric)
             index = faiss.IndexRefine(ivf, fine)
             index.k_factor = p["k_factor"]
         index.train(train_vectors)
@@ -582,7 +590,9 @@ class FaissIndex:
         kf = factors[-1]
         best, rec = _smallest_meeting(probes, lambda p: measure({"nprobe": p, "k_factor": kf}), target, "nprobe")
         if rec < target:
-            finer = "refine='flat' (float32 re-scoring, +" + f"{3 * self.dim * len(self) / 2**20:,.0f} MiB)" if refine == "sq8" else "kind='flat'"
+            extra = lambda r: f"+{(REFINES[r] - REFINES[refine]) * self.dim * len(self) / 2**20:,.1f} MiB"  # noqa: E731
+            finer = {"sq8": f"refine='fp16' (half-float re-scoring, {extra('fp16')}), refine='flat' (float32, {extra('flat')})",
+                     "fp16": f"refine='flat' (float32 re-scoring, {extra('flat')})"}.get(refine, "kind='flat'")
             note = (f"IVF-PQ with {refine} refine reaches at most {rec:.3f} (nprobe={nlist}, k_factor={kf}); "
                     f"more PQ bytes (pq_m > {self.params['pq_m']}), {finer} or kind='hnsw' "
                     f"({(4 * self.dim + 8 * self.params['hnsw_m']) * len(self) / 2**20:,.0f} MiB) would raise it")
