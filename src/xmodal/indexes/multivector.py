@@ -467,11 +467,15 @@ class MultiVectorIndex:
         if allowed is not None:  # the filter hook: only allowed documents become candidates
             ok = torch.from_numpy(allowed)[docs]
             docs, e_q, e_t, e_s = docs[ok], e_q[ok], e_t[ok], e_s[ok]
-        pairs, inv = torch.unique(e_q * n_docs + docs, return_inverse=True)  # sorted by query, then document
+        # score = sum over tokens of (best probe holding the document, else the floor); ranked within a query it
+        # equals the sum of gains over the floor (the floors' sum is the same for every document of a query):
+        # max per (query, document, token), then a sum per (query, document) -- two sparse reductions
+        gain = e_s - floor[e_q, e_t]
+        triples, inv = torch.unique((e_q * n_docs + docs) * tq + e_t, return_inverse=True)  # sorted
+        best = torch.zeros(len(triples)).scatter_reduce_(0, inv, gain, "amax", include_self=False)
+        pairs, inv = torch.unique_consecutive(triples // tq, return_inverse=True)  # sorted by query, then document
+        approx = torch.zeros(len(pairs)).index_add_(0, inv, best)
         p_q, p_d = pairs // n_docs, pairs % n_docs
-        per_token = floor[p_q].clone()  # (pairs, tq)
-        per_token.view(-1).scatter_reduce_(0, inv * tq + e_t, e_s, "amax", include_self=True)
-        approx = per_token.sum(1)
         counts = torch.bincount(p_q, minlength=nq)
         width = max(int(counts.max()) if len(counts) else 0, 1)
         rank = torch.arange(len(pairs)) - (torch.cumsum(counts, 0) - counts)[p_q]
