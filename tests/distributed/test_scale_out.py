@@ -104,8 +104,8 @@ def test_streaming_late_interaction_trains_on_every_shard(tmp_path):
 
 def test_budget_picks_fewer_bits_or_refuses():
     assert choose_multivector(10**6, 50 * 10**6, 128, 4 << 30).params["nbits"] == 2
-    one = choose_multivector(10**6, 50 * 10**6, 128, 1 << 30)
-    assert one.params["nbits"] == 1 and one.estimated_bytes <= 1 << 30
+    one = choose_multivector(10**6, 50 * 10**6, 128, 1200 << 20)  # 1 bit: 50M x 22 B/token = 1.1 GB
+    assert one.params["nbits"] == 1 and one.estimated_bytes <= 1200 << 20
     with pytest.raises(InvalidInputError, match="raise the budget"):
         choose_multivector(10**6, 50 * 10**6, 128, 256 << 20)
 

@@ -85,11 +85,12 @@ def choose_multivector(n_docs: int, n_tokens: int, dim: int, memory_budget_bytes
     """Residual bits for a PLAID-style index: 2 bits/dim (PLAID's default) when it fits, else 1.
 
     Bytes per token = centroid id (2 bytes up to 65,536 centroids) + ``dim * nbits / 8`` residual
-    bytes; plus the float32 centroids and 8 bytes per document (its length). ``nbits=0`` asks for
+    bytes + the 4-byte norm of the decoded vector (search scores residuals without decoding them); plus the
+    float32 centroids and 8 bytes per document (its length). ``nbits=0`` asks for
     the uncompressed, exact index (float32 tokens).
     """
     k = plaid_centroids(n_tokens)
-    code = 2 if k <= 65536 else 4
+    code = (2 if k <= 65536 else 4) + 4  # centroid id + float32 norm
     raw = n_tokens * dim * 4 + n_docs * 8
     if nbits == 0:
         return IndexChoice("late-interaction", {"nbits": None}, "uncompressed float32 tokens (exact MaxSim), as asked", raw)

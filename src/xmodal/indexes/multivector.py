@@ -90,10 +90,10 @@ class MultiVectorIndex:
         dim: token vector dimension.
         nbits: residual bits per dimension (1, 2, 4, 8), or None for uncompressed exact search.
         n_centroids: k-means centroids (default ``2**floor(log2(16 * sqrt(tokens)))``, PLAID's rule).
-        nprobe: centroids probed per query token for candidate generation (default 16; chosen from the
-            recall-vs-latency curve of benchmarks/late_interaction.py --data hard).
-        ncandidates: documents whose (decompressed) vectors are re-scored per query (default ``max(8k, 256)``).
-        ninteract: candidates re-ranked by full centroid interaction before that (default ``4 * ncandidates``).
+        nprobe: centroids probed per query token for candidate generation (default 32; chosen from the
+            recall-vs-latency curve of benchmarks/late_interaction.py --data hard, see docs/late_interaction.md).
+        ncandidates: documents whose (decoded) vectors are re-scored per query (default ``max(8k, 512)``).
+        ninteract: candidates re-ranked by full centroid interaction before that (default ``3 * ncandidates``).
         centroid_threshold: probes whose centroid score is below it are pruned (each token keeps its best one).
         full_vectors: also store float16 token vectors; the final re-scoring then uses them instead of the codec.
     """
@@ -107,7 +107,7 @@ class MultiVectorIndex:
     _norms = _stored("norms")  # norm of each token's decoded centroid + residual (float32), nbits only
 
     def __init__(self, dim: int, nbits: int | None = 2, n_centroids: int | None = None, model_id: str | None = None,
-                 nprobe: int = 16, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
+                 nprobe: int = 32, ncandidates: int | None = None, kmeans_iters: int = 12, max_train_tokens: int = 200_000,
                  seed: int = 0, ninteract: int | None = None, centroid_threshold: float | None = None,
                  full_vectors: bool = False) -> None:
         if nbits not in (None, 1, 2, 4, 8):
@@ -362,6 +362,17 @@ class MultiVectorIndex:
         mask = ar < lens[..., None]
         return torch.where(mask, c["offsets"][safe][..., None] + ar, 0), mask
 
+    def _token_positions(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token positions ``(len(docs), L)`` of documents ``docs`` (valid positions) and the real-token mask
+        (None when every document has ``L`` tokens; padding points at token 0)."""
+        lens = self._doclens[docs]
+        width = int(lens.max())
+        pos = self._offsets()[docs][:, None] + np.arange(width)
+        if (lens == width).all():
+            return pos, None
+        mask = np.arange(width) < lens[:, None]
+        return np.where(mask, pos, 0), mask
+
     def _vectors(self, pos: torch.Tensor) -> torch.Tensor:
         """Token vectors at positions ``pos`` (any shape): stored float16/float32 ones, or decompressed."""
         if self.nbits is None:
@@ -402,8 +413,12 @@ class MultiVectorIndex:
             return scores, ids
         allowed = self._allowed_mask(filter, expr)
         q, qmask = pad(qs, self.dim)
-        # queries in chunks bound the (queries x tokens x candidates x doc tokens) intermediates to ~64 MB
-        width = max(self._ncandidates(k), self._ninteract(k)) * int(self._doclens.max()) * q.shape[1]
+        if self.nbits is None or self.params["full_vectors"]:
+            # queries in chunks bound the (queries x tokens x candidates x doc tokens) intermediates to ~64 MB
+            width = max(self._ncandidates(k), self._ninteract(k)) * int(self._doclens.max()) * q.shape[1]
+        else:  # the codec path scores one query at a time; chunks bound the candidate stage to ~256k list entries
+            c = self._search_cache()
+            width = q.shape[1] * int(self.params["nprobe"]) * max(1, len(c["ivf_docs"]) // len(self.centroids)) * 64
         step = max(1, (1 << 24) // max(width, 1))
         for s in range(0, len(qs), step):
             sc, docs = self._search_batch(q[s:s + step], qmask[s:s + step], k, allowed)
@@ -414,11 +429,11 @@ class MultiVectorIndex:
         return scores, ids
 
     def _ncandidates(self, k: int) -> int:
-        # default from the measured hard-data curve (issue-20 note): 16:256 reached fast-plaid's recall
-        return int(self.params["ncandidates"] or max(8 * k, 256))
+        # default from the measured hard-data curve (docs/late_interaction.md): 32:512:1536 is past the knee
+        return int(self.params["ncandidates"] or max(8 * k, 512))
 
     def _ninteract(self, k: int) -> int:
-        return int(self.params.get("ninteract") or 4 * self._ncandidates(k))
+        return int(self.params.get("ninteract") or 3 * self._ncandidates(k))
 
     def _search_batch(self, q: torch.Tensor, qmask: torch.Tensor, k: int,
                       allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -511,10 +526,10 @@ class MultiVectorIndex:
             best_s, best_d = out_s[i, :0], out_d[i, :0]
             for s0 in range(0, len(docs), step):
                 part = docs[s0:s0 + step]
-                pos, mask = self._tokens_of(part)  # (docs, L)
-                tok = token_scores(i, pos.reshape(-1).numpy()).reshape(*pos.shape, -1)  # (docs, L, t)
-                if not bool(mask.all()):
-                    tok.masked_fill_(~mask[..., None], -torch.inf)
+                pos, mask = self._token_positions(part.numpy())  # (docs, L)
+                tok = token_scores(i, pos.reshape(-1)).reshape(*pos.shape, -1)  # (docs, L, t)
+                if mask is not None:
+                    tok.masked_fill_(~torch.from_numpy(mask)[..., None], -torch.inf)
                 sc = _max_over_tokens(tok).sum(1)
                 best_s, best_d = torch.cat([best_s, sc]), torch.cat([best_d, part])
                 top = _top(best_s[None], n)[0]  # stable: ties keep candidate order, however chunked
