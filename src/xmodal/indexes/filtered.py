@@ -4,11 +4,15 @@
 (``metadata_store.MetadataStore``) into a boolean mask over item labels and hands it here. Three plans
 (flat indexes always take the selector scan, which is exact and costs what an unfiltered scan costs):
 
-- **post-filter** (filters keeping >= ``POST_FRACTION`` of the items, HNSW and IVF-PQ): the ordinary
-  unfiltered search for ``k' = k / fraction * POST_MARGIN`` results, disallowed ones dropped. The ANN
-  structure is searched exactly as unfiltered (same beam/lists), so cost and recall stay those of
-  unfiltered search; this is what vector databases do for broad filters. Query rows left with fewer
-  than ``k`` allowed results (rare: binomial tail at margin 2) go through the plans below.
+- **post-filter** (HNSW, filters keeping >= ``POST_FRACTION`` of the items): the ordinary unfiltered
+  search for ``k' = k / fraction * POST_MARGIN`` results with a beam ``max(efSearch, k')`` wide,
+  disallowed ones dropped -- what vector databases do for broad filters. Chosen when that beam is no
+  wider than the selector plan's (below): both walk the graph alike, and the post-filter needs no bitmap.
+  Query rows left with fewer than ``k`` allowed results (rare: binomial tail at margin 2) go through the
+  plans below. Not for IVF-PQ: its refine stage would re-score ``k' * k_factor`` candidates (random
+  reads of refine codes, 1/fraction times more), while the selector keeps disallowed items out of the
+  candidates (measured at 50%, 100k x 512, fp16 refine: 4.3x unfiltered post-filtered, 1.2-1.6x with
+  the selector, whose ``nprobe`` grows only 1.5x).
 - **exact**: the allowed items' stored vectors scored exactly -- in place for float storage
   (``faiss.knn_inner_products_by_idx`` over HNSW's/flat refine's vectors), through the refine codes'
   own scan with an ``IDSelectorBitmap`` (SQ8/fp16 codes), or all IVF lists probed without refine codes.
@@ -16,19 +20,26 @@
   ``(1/fraction) ** WIDEN`` so it still meets enough allowed nodes; IVF-PQ with ``nprobe`` x
   ``(1/fraction) ** IVF_WIDEN`` (the nearest allowed items lie in more lists).
 
-Exact vs ANN is a cost comparison in "vectors scored", not a fixed item count: exact scores
-``allowed`` vectors; an HNSW search scores about ``ef * M / 6 + 10 * M`` (faiss' ``hnsw_stats.ndis``
-on the benchmark's 100k x 512 graph, M=16: 242 at ef 32, 464 at 128, 809 at 256 -- the graph is walked
-the same with or without a selector, the selector only decides what enters the results); an IVF-PQ
-search about ``nprobe * (list length + 2**pq_bits) * pq_m / dim`` (code bytes scanned plus the
-per-list lookup tables, in vector equivalents) plus its refine candidates. One exact-scored vector,
-gathered from a cache-cold index, costs ``EXACT_COST`` of a graph distance: measured 0.68 us (5,000
-allowed of 100k x 512, in place) vs 0.9 us per graph distance. At 100k items this puts the crossover
-near 1,200 allowed items for HNSW (efSearch 32, M 16): 500 allowed are scored exactly (recall 1.0;
-the widened graph search reached only 0.2-0.4 there), 5,000 go through the graph.
+Exact vs ANN is a cost comparison, not a fixed item count (formerly 2,048 allowed items):
+
+- HNSW, in graph distance computations: exact scores ``allowed`` vectors at ``EXACT_COST`` each; the
+  graph search about ``ef * M / 6 + 10 * M`` (faiss' ``hnsw_stats.ndis`` on the benchmark's 100k x 512
+  graph, M=16: 242 at ef 32, 464 at 128, 809 at 256 -- the walk is the same with or without a selector).
+  One exactly scored vector, gathered from a cache-cold index, took 0.68 us (5,000 allowed of 100k x 512,
+  in place) against 0.9 us per graph distance: ``EXACT_COST = 0.75``. At 100k items (efSearch 32, M 16)
+  the crossover is near 1,200 allowed items: 500 allowed are scored exactly (recall 1.0; the widened
+  graph search reached only 0.2-0.4 there), 5,000 go through the graph.
+- IVF-PQ, in PQ codes scanned: ``nprobe * list length`` plus ``k * k_factor`` re-scored candidates;
+  exact re-scores every allowed item. Re-scoring one vector from its refine codes (a random read of
+  2 B/dim for fp16) costs ``RESCORE_CODES * dim / pq_m`` codes: measured ~4.7 us per fp16 vector vs
+  ~0.05 us per PQ code (pq_m 128, dim 512), i.e. ~100. With the lists' selector, disallowed items are
+  neither scanned into the candidates nor re-scored.
 
 ``WIDEN``: on that graph a 5% filter reached recall@10 0.82 at efSearch 128, 0.91 at 192 and 0.98 at
 256 (0.95 unfiltered at 32): ``32 * 20 ** 0.7 = 260``; the former sqrt widening (143) gave 0.90.
+``IVF_WIDEN``: IVF-PQ (fp16 refine, nprobe 16, k_factor 16; 0.978 unfiltered) at 5% reached 0.948 with
+nprobe 64, 0.970 with 96 and 0.982 with 128: ``16 * 20 ** 0.6 = 97``; at 50% nprobe 16 already gave
+0.980 (the former 1/fraction widening doubled the cost for nothing).
 
 ``benchmarks/filtered_search.py`` measures recall@10 against exact filtered search and latency
 against unfiltered search (same run, interleaved) for these choices.
@@ -52,8 +63,9 @@ EXACT_ITEMS: int | None = None  # None: the cost model chooses; an int forces "e
 POST_FRACTION = 0.3  # filters keeping at least this share of the indexed vectors are post-filtered (> 1: never)
 POST_MARGIN = 2.0  # post-filter asks for k / fraction * POST_MARGIN results
 WIDEN = 0.7  # HNSW efSearch grows by (1/fraction) ** WIDEN with a selector
-IVF_WIDEN = 1.0  # IVF nprobe grows by (1/fraction) ** IVF_WIDEN with a selector
-EXACT_COST = 0.75  # one exactly scored allowed vector, relative to one graph/list distance (measured, see above)
+IVF_WIDEN = 0.6  # IVF nprobe grows by (1/fraction) ** IVF_WIDEN with a selector
+EXACT_COST = 0.75  # HNSW: one exactly scored allowed vector, relative to one graph distance (measured, see above)
+RESCORE_CODES = 25.0  # IVF-PQ: re-scoring one vector (refine codes) costs this * dim / pq_m PQ codes scanned
 
 
 def _bitmap(mask: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -110,18 +122,39 @@ def _exact_target(index: Any, inner: Any) -> Any:
     return None
 
 
-def _ann_cost(index: Any, inner: Any, k: int, fraction: float) -> float:
-    """Vectors an ANN search with the selector scores (see the module docstring)."""
+class _Layout:
+    """What the plans need to know of the wrapped FAISS index, read once per index version (swig calls cost
+    ~10 us each, a noticeable share of a 0.2 ms query)."""
+
+    def __init__(self, index: Any, full: np.ndarray) -> None:
+        self.full, self.wrapper = full, index._index
+        self.inner = faiss.downcast_index(index._index.index)
+        self.refine = isinstance(self.inner, faiss.IndexRefine)
+        self.ivf = faiss.downcast_index(self.inner.base_index) if self.refine else self.inner
+        self.exact_target = _exact_target(index, self.inner)
+        if index.kind == "ivfpq":
+            self.nlist = int(self.ivf.nlist)
+            self.list_len = self.ivf.ntotal / max(1, self.nlist)
+            self.rescore = RESCORE_CODES * index.dim / int(self.ivf.pq.M)
+
+
+def _layout(index: Any, full: np.ndarray) -> _Layout:
+    cached = getattr(index, "_filter_layout", None)
+    if cached is None or cached.full is not full or cached.wrapper is not index._index:
+        cached = index._filter_layout = _Layout(index, full)
+    return cached
+
+
+def _costs(index: Any, lay: _Layout, k: int, fraction: float, allowed: int) -> tuple[float, float]:
+    """(exact, ANN with selector) cost of one query, in comparable units (see the module docstring)."""
     p = index.params
-    if index.kind == "hnsw":
+    if index.kind == "hnsw":  # unit: one graph distance computation
         m = int(p["hnsw_m"])
-        return _hnsw_ef(index, k, fraction) * m / 6 + 10 * m
-    refine = isinstance(inner, faiss.IndexRefine)
-    ivf = faiss.downcast_index(inner.base_index) if refine else inner
-    nprobe = _ivf_nprobe(ivf, p, fraction)
-    pq_m, bits = int(ivf.pq.M), int(ivf.pq.nbits)
-    per_list = (ivf.ntotal / max(1, ivf.nlist) + 2 ** bits) * pq_m / index.dim
-    return nprobe * per_list + (k * float(p["k_factor"]) if refine else 0.0)
+        return allowed * EXACT_COST, _hnsw_ef(index, k, fraction) * m / 6 + 10 * m
+    # IVF-PQ, unit: one PQ code scanned in an inverted list
+    ann = _ivf_nprobe(lay.nlist, p, fraction) * lay.list_len + (k * float(p["k_factor"]) * lay.rescore if lay.refine else 0.0)
+    exact = allowed * lay.rescore if lay.refine else lay.nlist * lay.list_len  # without refine codes: every list
+    return exact, ann
 
 
 def _hnsw_ef(index: Any, k: int, fraction: float) -> int:
@@ -129,8 +162,19 @@ def _hnsw_ef(index: Any, k: int, fraction: float) -> int:
     return int(min(max(len(index), k), math.ceil(max(int(index.params["ef_search"]), k) * (1.0 / fraction) ** WIDEN)))
 
 
-def _ivf_nprobe(ivf: Any, p: dict[str, Any], fraction: float) -> int:
-    return int(min(ivf.nlist, math.ceil(int(p["nprobe"]) * (1.0 / fraction) ** IVF_WIDEN)))
+def _post_k(k: int, fraction: float, stored: int) -> int:
+    return int(min(stored, math.ceil(k / fraction * POST_MARGIN)))
+
+
+def _post_ef(index: Any, k: int, fraction: float, stored: int) -> int:
+    # faiss keeps the beam at efSearch even when more results are asked: the post-filter's beam is >= k' wide.
+    # Both HNSW plans walk the graph alike (a selector only decides what enters the results), so the
+    # post-filter runs when its beam is no wider than the selector plan's (and saves building the bitmap).
+    return max(int(index.params["ef_search"]), _post_k(k, fraction, stored))
+
+
+def _ivf_nprobe(nlist: int, p: dict[str, Any], fraction: float) -> int:
+    return int(min(nlist, math.ceil(int(p["nprobe"]) * (1.0 / fraction) ** IVF_WIDEN)))
 
 
 def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
@@ -143,69 +187,73 @@ def search_masked(index: Any, q: np.ndarray, k: int, label_mask: np.ndarray,
     allowed = int(np.count_nonzero(pos_mask))
     if allowed == 0:
         return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
-    inner = faiss.downcast_index(index._index.index)
+    lay = _layout(index, full)
     fraction = allowed / max(1, len(pos_mask))  # of the stored vectors (removed ones count as disallowed)
-    if index.kind != "flat" and fraction >= POST_FRACTION:
-        scores, pos = _post_filter(index, inner, q, k, pos_mask, allowed, fraction, exact_items)
+    index._filter_plan = None  # which plan ran last ("post", "post+<fallback>", "exact", "ann"): for benchmarks/debugging
+    if index.kind == "hnsw" and fraction >= POST_FRACTION and _post_ef(index, k, fraction, len(pos_mask)) <= _hnsw_ef(index, k, fraction):
+        index._filter_plan = "post"
+        scores, pos = _post_filter(index, lay, q, k, pos_mask, allowed, fraction, exact_items)
     else:
-        scores, pos = _pre_filter(index, inner, q, k, pos_mask, allowed, fraction, exact_items)
+        scores, pos = _pre_filter(index, lay, q, k, pos_mask, allowed, fraction, exact_items)
     return scores, np.where(pos >= 0, full[pos], -1)
 
 
-def _post_filter(index: Any, inner: Any, q: np.ndarray, k: int, pos_mask: np.ndarray, allowed: int, fraction: float,
+def _post_filter(index: Any, lay: _Layout, q: np.ndarray, k: int, pos_mask: np.ndarray, allowed: int, fraction: float,
                  exact_items: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Unfiltered search for k' results, disallowed ones dropped; rows left short are searched with the selector."""
-    kp = int(min(len(pos_mask), math.ceil(k / fraction * POST_MARGIN)))
-    if index.kind == "hnsw":  # faiss keeps the beam at efSearch even for k > efSearch: at least k' wide
-        scores, pos = inner.search(q, kp, params=faiss.SearchParametersHNSW(efSearch=max(int(index.params["ef_search"]), kp)))
-    else:  # IVF-PQ: its own nprobe; the refine stage re-scores k' * k_factor candidates
-        scores, pos = inner.search(q, kp)
-    ok = (pos >= 0) & pos_mask[np.maximum(pos, 0)]
-    # stable: allowed results first, in their ranked order
-    order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
-    out_s = np.take_along_axis(scores, order, axis=1)
-    out_p = np.where(np.take_along_axis(ok, order, axis=1), np.take_along_axis(pos, order, axis=1), -1)
-    if kp < k:  # a tiny index: pad to k columns
-        out_s = np.pad(out_s, ((0, 0), (0, k - kp)), constant_values=np.nan)
-        out_p = np.pad(out_p, ((0, 0), (0, k - kp)), constant_values=-1)
+    """HNSW: unfiltered search for k' results, disallowed ones dropped; rows left short go to ``_pre_filter``."""
+    kp = _post_k(k, fraction, len(pos_mask))
+    scores, pos = lay.inner.search(q, kp, params=faiss.SearchParametersHNSW(efSearch=_post_ef(index, k, fraction, len(pos_mask))))
+    ok = pos_mask[pos] & (pos >= 0)  # (position -1 reads the last entry, then is cleared)
+    out_s = np.full((len(q), k), np.nan, dtype=np.float32)
+    out_p = np.full((len(q), k), -1, dtype=np.int64)
+    for i in range(len(q)):  # allowed results first, in their ranked order (a row loop: cheaper than take_along_axis x3)
+        keep = np.flatnonzero(ok[i])[:k]
+        out_s[i, :len(keep)], out_p[i, :len(keep)] = scores[i, keep], pos[i, keep]
     short = np.flatnonzero(ok.sum(axis=1) < min(k, allowed))
     if len(short):
-        s2, p2 = _pre_filter(index, inner, q[short], k, pos_mask, allowed, fraction, exact_items)
+        index._filter_plan = "post"  # _pre_filter appends its plan
+        s2, p2 = _pre_filter(index, lay, q[short], k, pos_mask, allowed, fraction, exact_items)
         out_s[short], out_p[short] = s2, p2
     return out_s, out_p
 
 
-def _pre_filter(index: Any, inner: Any, q: np.ndarray, k: int, pos_mask: np.ndarray, allowed: int, fraction: float,
+def _pre_filter(index: Any, lay: _Layout, q: np.ndarray, k: int, pos_mask: np.ndarray, allowed: int, fraction: float,
                 exact_items: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The allowed items only: exact scoring, or the ANN structure searched with a selector (cost-based)."""
+    exact = False
     if index.kind != "flat":
         limit = EXACT_ITEMS if exact_items is None else exact_items
-        exact = (allowed * EXACT_COST <= _ann_cost(index, inner, k, fraction)) if limit is None else allowed <= limit
-        target = _exact_target(index, inner) if exact else None
-        if target is not None:
-            return _exact_subset(target, q, k, pos_mask, index.metric)
-    else:
-        exact = False
+        if limit is None:
+            cost_exact, cost_ann = _costs(index, lay, k, fraction, allowed)
+            exact = cost_exact <= cost_ann
+        else:
+            exact = allowed <= limit
+        if exact and lay.exact_target is not None:
+            _note_plan(index, "exact")
+            return _exact_subset(lay.exact_target, q, k, pos_mask, index.metric)
+    _note_plan(index, "exact" if exact else "ann")
     sel, bits = _bitmap(pos_mask)
     if index.kind == "flat":
-        target, params = inner, faiss.SearchParameters(sel=sel)
+        target, params = lay.inner, faiss.SearchParameters(sel=sel)
         if index._quant.active:  # compact codes: re-scored, or (binary) scanned in their store (indexes/quantize.py)
-            target, params = masked_target(index._quant, inner, sel)
+            target, params = masked_target(index._quant, lay.inner, sel)
     elif index.kind == "hnsw":
-        target, params = inner, faiss.SearchParametersHNSW(sel=sel, efSearch=_hnsw_ef(index, k, fraction))
+        target, params = lay.inner, faiss.SearchParametersHNSW(sel=sel, efSearch=_hnsw_ef(index, k, fraction))
     else:
-        target, params = _ivf_plan(inner, sel, k, fraction, exact, index.params)
+        target, params = lay.inner, _ivf_params(lay, sel, fraction, exact, index.params)
     params._keep = (sel, bits, getattr(params, "base_index_params", None))
     return target.search(q, k, params=params)
 
 
-def _ivf_plan(inner: Any, sel: Any, k: int, fraction: float, exact: bool, p: dict[str, Any]) -> tuple[Any, Any]:
-    refine = isinstance(inner, faiss.IndexRefine)
-    ivf = faiss.downcast_index(inner.base_index) if refine else inner
-    nprobe = int(ivf.nlist) if exact else _ivf_nprobe(ivf, p, fraction)  # exact without refine codes: every list
+def _note_plan(index: Any, plan: str) -> None:
+    index._filter_plan = plan if index._filter_plan is None else f"{index._filter_plan}+{plan}"
+
+
+def _ivf_params(lay: _Layout, sel: Any, fraction: float, exact: bool, p: dict[str, Any]) -> Any:
+    nprobe = lay.nlist if exact else _ivf_nprobe(lay.nlist, p, fraction)  # exact without refine codes: every list
     ivf_params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
-    if not refine:
-        return inner, ivf_params
+    if not lay.refine:
+        return ivf_params
     params = faiss.IndexRefineSearchParameters(k_factor=p["k_factor"], base_index_params=ivf_params)
     params.sel = sel
-    return inner, params
+    return params
