@@ -10,6 +10,7 @@ The peer, fast-plaid (PyPI), pins its own torch, so it runs in its own venv
     python benchmarks/late_interaction.py --docs 20000 --no-peer
     python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --curve 4:64,8:256:1024:0.4 \
         --peer-curve 4:1024,8:4096 --full-vectors         # recall-vs-latency curves on hard tokens
+    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --threads 1,2   # xmodal at 1 and 2 threads
 
 Both engines are timed the same way: one batched search call over all queries, divided by their number.
 xmodal curve settings are nprobe:ncandidates[:ninteract[:centroid_threshold]] (see MultiVectorIndex).
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xmodal.indexes.multivector import MultiVectorIndex, exact_maxsim_topk
 
@@ -130,6 +132,9 @@ def main() -> None:
     ap.add_argument("--full-vectors", action="store_true",
                     help="also store float16 token vectors in xmodal's index and run the curve re-scoring with them")
     ap.add_argument("--centroids", type=int, default=None, help="xmodal k-means centroids (default: the index rule)")
+    ap.add_argument("--threads", default="",
+                    help="torch threads for xmodal's searches, e.g. 1,2 runs the curve once per count (rows marked "
+                         "@1t/@2t); default: torch's default (OMP_NUM_THREADS). fast-plaid always uses every core")
     ap.add_argument("--peer-curve", default="8:4096",
                     help="fast-plaid n_ivf_probe:n_full_scores settings (its defaults: 8:4096)")
     args = ap.parse_args()
@@ -158,8 +163,10 @@ def main() -> None:
             names = ("nprobe", "ncandidates", "ninteract", "centroid_threshold")
             defaults = {n: index.params[n] for n in names}
             print(f"  xmodal nbits={nbits}: {index.params['n_centroids']} centroids, built in {build:.1f} s", flush=True)
-            for full in ([False, True] if args.full_vectors else [False]):
+            threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+            for full, nthreads in [(f, t) for f in ([False, True] if args.full_vectors else [False]) for t in threads]:
                 index.params["full_vectors"] = full
+                torch.set_num_threads(nthreads)
                 for setting in curve:
                     index.params.update(defaults)
                     for name, v in zip(names, setting or []):
@@ -171,10 +178,12 @@ def main() -> None:
                     found = [[int(x) for x in row if x is not None] for row in ids]
                     label = "defaults" if setting is None else ":".join(setting)
                     label += "+fp16" if full else ""
+                    label += f"@{nthreads}t" if len(threads) > 1 else ""
                     rows.append(("xmodal", nbits, label, recall(found, truth), 1000 * lat, index.bytes_per_token(),
                                  disk / index.num_tokens, build))
                     print(f"  xmodal nbits={nbits} {label}: recall@10 {rows[-1][3]:.3f}, {rows[-1][4]:.1f} ms/query", flush=True)
             index.params.update(defaults, full_vectors=args.full_vectors)
+            torch.set_num_threads(threads[0])
             print(f"  xmodal nbits={nbits} done", flush=True)
             if peer is not None:
                 r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k), json.dumps(peer_curve)],

@@ -363,14 +363,15 @@ class MultiVectorIndex:
         return torch.where(mask, c["offsets"][safe][..., None] + ar, 0), mask
 
     def _token_positions(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Token positions ``(len(docs), L)`` of documents ``docs`` (valid positions) and the real-token mask
+        """Token positions ``(..., L)`` of documents ``docs`` (any shape, -1 = none) and the real-token mask
         (None when every document has ``L`` tokens; padding points at token 0)."""
-        lens = self._doclens[docs]
-        width = int(lens.max())
-        pos = self._offsets()[docs][:, None] + np.arange(width)
+        safe = np.maximum(docs, 0)
+        lens = np.where(docs >= 0, self._doclens[safe], 0)
+        width = max(int(lens.max()) if lens.size else 1, 1)
+        pos = self._offsets()[safe][..., None] + np.arange(width)
         if (lens == width).all():
             return pos, None
-        mask = np.arange(width) < lens[:, None]
+        mask = np.arange(width) < lens[..., None]
         return np.where(mask, pos, 0), mask
 
     def _vectors(self, pos: torch.Tensor) -> torch.Tensor:
@@ -513,41 +514,50 @@ class MultiVectorIndex:
             out = grown
         return out
 
-    def _best_docs(self, qmask: torch.Tensor, cand: torch.Tensor, n: int,
-                   token_scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _best_docs(self, cand: torch.Tensor, n: int, token_scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query, the best ``n`` of ``cand`` (positions, -1 = none) by MaxSim over token scores:
-        ``token_scores(query, flat token positions)`` gives each token's score against each real query token
-        ``(tokens, t)``. Documents go in chunks (a running top-``n``: memory stays bounded)."""
+        ``token_scores(rows, pos)`` gives the score of each document token at ``pos`` (b, docs, L) against each
+        query token of queries ``rows`` (b, docs, L, tq); padding query tokens score 0 and add nothing.
+        Several queries and documents per step (few, large torch ops: small ones stall on thread barriers when
+        the cores are shared), a running top-``n`` over document chunks (memory stays bounded)."""
         nq, n = len(cand), min(n, cand.shape[1])
-        out_s, out_d = torch.full((nq, n), -torch.inf), torch.full((nq, n), -1, dtype=torch.long)
-        step = max(1, 65536 // max(int(self._doclens.max()), 1))  # ~64k document tokens at a time
-        for i in range(nq):
-            docs = cand[i][cand[i] >= 0]
-            best_s, best_d = out_s[i, :0], out_d[i, :0]
-            for s0 in range(0, len(docs), step):
-                part = docs[s0:s0 + step]
-                pos, mask = self._token_positions(part.numpy())  # (docs, L)
-                tok = token_scores(i, pos.reshape(-1)).reshape(*pos.shape, -1)  # (docs, L, t)
+        width = max(int(self._doclens.max()), 1)
+        budget = 1 << 18  # document tokens scored per step
+        dstep = max(1, min(cand.shape[1], budget // width))
+        qstep = max(1, budget // (dstep * width))
+        out_s, out_d = [], []
+        for q0 in range(0, nq, qstep):
+            rows = slice(q0, min(q0 + qstep, nq))
+            best_s = torch.full((rows.stop - q0, 0), -torch.inf)
+            best_d = torch.full((rows.stop - q0, 0), -1, dtype=torch.long)
+            for d0 in range(0, cand.shape[1], dstep):
+                part = cand[rows, d0:d0 + dstep]
+                pos, mask = self._token_positions(part.numpy())  # (b, docs, L)
+                tok = token_scores(rows, pos)  # (b, docs, L, tq)
                 if mask is not None:
                     tok.masked_fill_(~torch.from_numpy(mask)[..., None], -torch.inf)
-                sc = _max_over_tokens(tok).sum(1)
-                best_s, best_d = torch.cat([best_s, sc]), torch.cat([best_d, part])
-                top = _top(best_s[None], n)[0]  # stable: ties keep candidate order, however chunked
-                best_s, best_d = best_s[top], best_d[top]
-            out_s[i, :len(best_s)], out_d[i, :len(best_d)] = best_s, best_d
-        return out_s, out_d
+                sc = _max_over_tokens(tok.flatten(0, 1)).sum(-1).view(part.shape).masked_fill_(part < 0, -torch.inf)
+                best_s, best_d = torch.cat([best_s, sc], 1), torch.cat([best_d, part], 1)
+                top = _top(best_s, n)  # stable: ties keep candidate order, however chunked
+                best_s, best_d = best_s.gather(1, top), best_d.gather(1, top)
+            out_s.append(best_s)
+            out_d.append(best_d)
+        return torch.cat(out_s), torch.cat(out_d)
 
     def _centroid_rerank(self, s: torch.Tensor, qmask: torch.Tensor, cand: torch.Tensor, n: int) -> torch.Tensor:
         """The best ``n`` of ``cand`` by centroid interaction over all their tokens' codes (PLAID's stage 3):
-        each token's score is a row of the query's transposed centroid scores (one row gather per token)."""
+        each token's score is a row of its query's transposed centroid scores (one row gather per token)."""
         if cand.shape[1] <= n:
             return cand
-        tables = _per_query_columns(s.transpose(1, 2), qmask)  # (K, t): centroid -> score per token
+        tables = s.transpose(1, 2)  # (nq, K, tq), contiguous: centroid -> its score per query token
+        n_centroids = tables.shape[1]
 
-        def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
-            return torch.nn.functional.embedding(torch.from_numpy(np.take(self._codes, flat).astype(np.int64)), tables[i])
+        def token_scores(rows: slice, pos: np.ndarray) -> torch.Tensor:
+            codes = np.take(self._codes, pos).astype(np.int64)
+            codes += (np.arange(pos.shape[0]) * n_centroids)[:, None, None]  # into the stacked tables of ``rows``
+            return torch.nn.functional.embedding(torch.from_numpy(codes), tables[rows].reshape(-1, tables.shape[2]))
 
-        sc, docs = self._best_docs(qmask, cand, n, token_scores)
+        sc, docs = self._best_docs(cand, n, token_scores)
         return docs.masked_fill(torch.isinf(sc), -1)
 
     def _rank_codes(self, q: torch.Tensor, qmask: torch.Tensor, s: torch.Tensor, cand: torch.Tensor,
@@ -557,31 +567,31 @@ class MultiVectorIndex:
         maps (byte position, byte value) -> that byte's residual dot product with each query token, and a
         centroid id -> q . c (the centroid scores); one embedding-bag sum per token, divided by its stored norm."""
         c = self._search_cache()
-        nbytes, per = self._packed.shape[1], 8 // self.nbits
+        nbytes, per, tq = self._packed.shape[1], 8 // self.nbits, q.shape[1]
         offsets = np.arange(nbytes, dtype=np.int32) * 256
-        centroid_tables = _per_query_columns(s.transpose(1, 2), qmask)
-        built: dict[int, torch.Tensor] = {}
+        centroid_tables = s.transpose(1, 2)  # (nq, K, tq)
+        n_rows = nbytes * 256 + centroid_tables.shape[1]
 
-        def table(i: int) -> torch.Tensor:
-            """Query ``i``'s (bytes * 256 + K, t) table, built when its documents are scored (one at a time)."""
-            if i not in built:
-                built.clear()
-                qi = q[i][qmask[i]].reshape(-1, nbytes, per).permute(1, 2, 0)  # (bytes, per, t)
-                t = torch.empty(nbytes * 256 + len(centroid_tables[i]), qi.shape[2])
-                torch.bmm(c["lut3"], qi, out=t[: nbytes * 256].view(nbytes, 256, -1))
-                t[nbytes * 256:] = centroid_tables[i]
-                built[i] = t
-            return built[i]
+        def tables(rows: slice) -> torch.Tensor:
+            """The stacked (b * (bytes * 256 + K), tq) tables of queries ``rows`` (padding tokens: zero columns)."""
+            qr = q[rows].reshape(-1, tq, nbytes, per).permute(0, 2, 3, 1)  # (b, bytes, per, tq)
+            out = torch.empty(len(qr), n_rows, tq)
+            torch.matmul(c["lut3"], qr, out=out[:, : nbytes * 256].view(len(qr), nbytes, 256, tq))
+            out[:, nbytes * 256:] = centroid_tables[rows]
+            return out.view(-1, tq)
 
-        def token_scores(i: int, flat: np.ndarray) -> torch.Tensor:
+        def token_scores(rows: slice, pos: np.ndarray) -> torch.Tensor:
+            flat = pos.reshape(-1)
             idx = np.empty((len(flat), nbytes + 1), dtype=np.int32)
             np.add(np.take(self._packed, flat, axis=0), offsets, out=idx[:, :nbytes])
             idx[:, nbytes] = np.take(self._codes, flat)
             idx[:, nbytes] += nbytes * 256
-            tok = torch.nn.functional.embedding_bag(torch.from_numpy(idx), table(i), mode="sum")
-            return tok.div_(torch.from_numpy(np.maximum(np.take(self._norms, flat), 1e-12))[:, None])
+            idx.reshape(pos.shape[0], -1)[:] += (np.arange(pos.shape[0], dtype=np.int32) * n_rows)[:, None]
+            tok = torch.nn.functional.embedding_bag(torch.from_numpy(idx), tables(rows), mode="sum")
+            tok.div_(torch.from_numpy(np.maximum(np.take(self._norms, flat), 1e-12))[:, None])
+            return tok.view(*pos.shape, tq)
 
-        sc, docs = self._best_docs(qmask, cand, k, token_scores)
+        sc, docs = self._best_docs(cand, k, token_scores)
         return sc.numpy(), docs.masked_fill(torch.isinf(sc), -1).numpy()
 
     def _rank_exact(self, q: torch.Tensor, qmask: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -670,11 +680,6 @@ def _max_over_tokens(x: torch.Tensor) -> torch.Tensor:
             head[:, :1] = torch.maximum(head[:, :1], x[:, 2 * h:])
         x = head
     return x[:, 0]
-
-
-def _per_query_columns(tables: torch.Tensor, qmask: torch.Tensor) -> list[torch.Tensor]:
-    """``tables`` (nq, rows, tq) -> per query a contiguous ``(rows, t)`` table of its real tokens' columns."""
-    return [t if bool(m.all()) else t[:, m].contiguous() for t, m in zip(tables, qmask)]
 
 
 def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
