@@ -95,3 +95,30 @@ def test_fp16_refine_reaches_recall_that_sq8_cannot_on_tight_clusters_and_tuning
 def test_unknown_refine_is_refused():
     with pytest.raises(InvalidInputError, match="fp16"):
         FaissIndex(8, kind="ivfpq", refine="fp8")
+
+
+def test_refine_option_reaches_the_index_and_is_checked(tmp_path):
+    """`xmodal index --refine` / index_folder(refine=): passed to FAISS IVF-PQ only; refused (one line) for other
+    engines and kinds, unknown codes, and an existing index built with other refine codes."""
+    from xmodal.indexes.registry import get_engine
+    from xmodal.pipelines.index import check_refine
+
+    faiss_spec = get_engine("faiss")
+    index = faiss_spec.create(D, "m", tmp_path / "new", **faiss_spec.pick_options(kind="ivfpq", refine="fp16"))
+    assert index.params["refine"] == "fp16"
+    assert FaissIndex(D, kind="ivfpq", refine="none").params["refine"] is None  # the CLI's "none"
+    check_refine(faiss_spec, tmp_path / "new", "ivfpq", "fp16")  # a new folder: fine
+    check_refine(faiss_spec, tmp_path / "new", "flat", None)  # not given: nothing to check
+    for spec, kind, refine, message in [(get_engine("late-interaction"), None, "fp16", "FAISS ivfpq option"),
+                                        (faiss_spec, "hnsw", "fp16", "applies to --kind ivfpq"),
+                                        (faiss_spec, None, "fp16", "applies to --kind ivfpq"),  # default kind: flat
+                                        (faiss_spec, "ivfpq", "fp8", "unknown refine 'fp8'")]:
+        with pytest.raises(InvalidInputError, match=message):
+            check_refine(spec, tmp_path / "new", kind, refine)
+    x = tight(600)
+    built = FaissIndex(D, kind="ivfpq", nlist=8, pq_m=8, pq_bits=6, refine="sq8")
+    built.add([str(j) for j in range(600)], x)
+    built.save(tmp_path / "old")
+    check_refine(faiss_spec, tmp_path / "old", None, "sq8")  # the same codes: fine (kind read from the manifest)
+    with pytest.raises(InvalidInputError, match="re-scores with sq8 refine codes.*--refine fp16"):
+        check_refine(faiss_spec, tmp_path / "old", None, "fp16")

@@ -43,6 +43,9 @@ def index(
     rescore: Optional[str] = typer.Option(
         None, help="--quantize: re-score the top candidates against an fp16 or int8 copy (memory-mapped from the "
                    "index file): auto (int8 -> fp16, binary -> int8, fp16 -> none), none, fp16 or int8."),
+    refine: Optional[str] = typer.Option(
+        None, help="FAISS ivfpq: codes that re-score its candidates: sq8 (default, 1 B/dim), fp16 (2 B/dim; for tightly "
+                   "clustered embeddings, when tuning says sq8 misses the target recall), flat (4 B/dim) or none."),
     batch_size: int = typer.Option(32, help="Images per encoder batch."),
     chunk_size: int = typer.Option(256, help="Images between two saves of resume state."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -79,7 +82,7 @@ def index(
     report = index_folder(image_dir, out, model, engine=engine, kind=kind, nbits=nbits, uri=milvus_uri,
                           collection=milvus_collection, batch_size=batch_size, chunk_size=chunk_size,
                           show_progress=not quiet, allow_model_mismatch=allow_model_mismatch, quantize=quantize,
-                          rescore=rescore, runtime=runtime,
+                          rescore=rescore, runtime=runtime, refine=refine,
                           target_recall=None if not ann else 0.95 if target_recall is None else (target_recall or None),
                           texts=texts, text_fields=split_fields(text_fields), metadata=metadata)
     typer.echo(report.summary())

@@ -87,6 +87,7 @@ class FaissIndex:
             raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
         if metric not in ("ip", "l2"):
             raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
+        refine = None if refine == "none" else refine  # the CLI's spelling of "no refine stage"
         self.dim = check_dim(dim)
         self.kind = kind
         self.metric = metric

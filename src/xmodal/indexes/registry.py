@@ -120,7 +120,7 @@ def default_engine(multi_vector: bool = False) -> str:
 
 
 # The built-in engines: one line each.
-register(EngineSpec("faiss", "xmodal.indexes.faiss_index:FaissIndex", options=("kind", "target_recall", "quantize", "rescore"),
+register(EngineSpec("faiss", "xmodal.indexes.faiss_index:FaissIndex", options=("kind", "target_recall", "quantize", "rescore", "refine"),
                     from_shards="xmodal.indexes.autoindex:build_faiss", description="FAISS (embedded default)"))
 register(EngineSpec("late-interaction", "xmodal.indexes.multivector:MultiVectorIndex", multi_vector=True,
                     factory="xmodal.indexes.multivector:create", options=("nbits",),

@@ -44,7 +44,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
                  show_progress: bool = True, target_recall: float | None = None, texts: str | Path | None = None,
                  text_fields: Sequence[str] | None = None, metadata: str | Path | None = None,
                  quantize: str | None = None, rescore: str | None = None, runtime: str | None = None,
-                 **index_options: Any) -> FolderIndex:
+                 refine: str | None = None, **index_options: Any) -> FolderIndex:
     """Index (or incrementally update) every image below ``image_dir`` into the folder ``out``.
 
     Args:
@@ -63,6 +63,8 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
         quantize / rescore: FAISS flat: compact codes (``fp16``, ``int8``, ``binary``) and their re-scoring store
             (``auto``, ``none``, ``fp16``, ``int8``); see ``xmodal.indexes.quantize``. Fixed when the index is
             created: asking an existing index for other codes is refused (rebuild into a new folder).
+        refine: FAISS ivfpq: the codes that re-score its candidates: ``sq8`` (default), ``fp16`` (tightly clustered
+            embeddings, whose neighbours SQ8 cannot order), ``flat`` or ``none``; fixed when the index is created.
         runtime: ``torch`` or ``onnx`` (encode with onnxruntime: an ONNX export of ``model``, made once into the
             cache when ``model`` is not one); None: as the model is.
         index_options: passed as they are to the engine's factory.
@@ -71,6 +73,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
     if model is None:
         model = recorded_model(out)
     check_quantize(spec, out, quantize, rescore)
+    check_refine(spec, out, kind, refine)
     if runtime is not None:  # torch / onnx (models/onnx_encoder.py); the index records the model actually used
         from ..models.onnx_encoder import with_runtime
 
@@ -78,7 +81,7 @@ def index_folder(image_dir: str | Path, out: str | Path, model: Any = None, *, e
             raise InvalidInputError("runtime= takes a model name or folder, not a loaded model.")
         model = with_runtime(model, runtime)
     options = {**spec.pick_options(kind=kind, nbits=nbits, uri=uri, collection=collection, target_recall=target_recall,
-                                   quantize=quantize, rescore=rescore), **index_options}
+                                   quantize=quantize, rescore=rescore, refine=refine), **index_options}
     report = build_collection(image_dir, model, out, engine=spec.name, batch_size=batch_size, chunk_size=chunk_size,
                               show_progress=show_progress, texts=texts, text_fields=text_fields, metadata=metadata,
                               **options)
@@ -105,6 +108,25 @@ def check_quantize(spec: Any, out: str | Path, quantize: str | None, rescore: st
     if rescore not in (None, "auto") and rescore != params.get("rescore", "none"):
         raise InvalidInputError(f"the index at '{out}' re-scores with {params.get('rescore', 'none')}; build a new "
                                 f"index folder with --rescore {rescore}.")
+
+
+def check_refine(spec: Any, out: str | Path, kind: str | None, refine: str | None) -> None:
+    """Refuse ``refine`` for anything but a FAISS IVF-PQ index, or one that differs from an existing index's."""
+    if refine is None:
+        return
+    from ..indexes.faiss_index import REFINES
+    from ..indexes.manifest import MANIFEST_NAME, read_manifest
+
+    if "refine" not in spec.options:
+        raise InvalidInputError(f"--refine is a FAISS ivfpq option; the '{spec.name}' engine does not take it.")
+    if (None if refine == "none" else refine) not in REFINES:
+        raise InvalidInputError(f"unknown refine '{refine}'; choose sq8, fp16, flat or none.")
+    stored = read_manifest(out, verify=False).params if (Path(out) / MANIFEST_NAME).exists() else None
+    if (kind or (stored or {}).get("kind") or "flat") != "ivfpq":
+        raise InvalidInputError("--refine applies to --kind ivfpq (flat and hnsw keep float32 vectors).")
+    if stored is not None and (stored.get("refine") or "none") != refine:
+        raise InvalidInputError(f"the index at '{out}' re-scores with {stored.get('refine') or 'no'} refine codes; they "
+                                f"cannot change in place. Build a new index folder with --refine {refine}.")
 
 
 def search_settings(out: str | Path) -> str | None:
