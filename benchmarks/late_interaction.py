@@ -10,7 +10,7 @@ The peer, fast-plaid (PyPI), pins its own torch, so it runs in its own venv
     python benchmarks/late_interaction.py --docs 20000 --no-peer
     python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --curve 4:64,8:256:1024:0.4 \
         --peer-curve 4:1024,8:4096 --full-vectors         # recall-vs-latency curves on hard tokens
-    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --threads 1,2   # xmodal at 1 and 2 threads
+    python benchmarks/late_interaction.py --data hard --docs 5000 --nbits 2 --threads 1,2   # both engines at 1 and 2 threads
 
 Both engines are timed the same way: one batched search call over all queries, divided by their number.
 xmodal curve settings are nprobe:ncandidates[:ninteract[:centroid_threshold]] (see MultiVectorIndex).
@@ -38,6 +38,7 @@ import json, sys, time, os, numpy as np, torch
 from fast_plaid import search
 work, nbits, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 settings = json.loads(sys.argv[4]) if len(sys.argv) > 4 else [[8, 4096]]  # [n_ivf_probe, n_full_scores]
+threads = json.loads(sys.argv[5]) if len(sys.argv) > 5 else [os.cpu_count()]  # searched once per thread count
 torch.set_num_threads(os.cpu_count())
 docs = torch.from_numpy(np.load(f"{work}/docs.npy"))
 queries = torch.from_numpy(np.load(f"{work}/queries.npy"))
@@ -49,11 +50,14 @@ build = time.perf_counter() - t0
 fp.search(queries_embeddings=queries[:2], top_k=k, show_progress=False)  # warm-up
 size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(index_dir) for f in fs)
 runs = []
-for probe, full in settings:
-    t0 = time.perf_counter()
-    res = fp.search(queries_embeddings=queries, top_k=k, show_progress=False, n_ivf_probe=probe, n_full_scores=full)
-    lat = (time.perf_counter() - t0) / len(queries)
-    runs.append({"setting": [probe, full], "latency": lat, "ids": [[int(i) for i, _ in r] for r in res]})
+for nthreads in threads:
+    torch.set_num_threads(nthreads)
+    for probe, full in settings:
+        t0 = time.perf_counter()
+        res = fp.search(queries_embeddings=queries, top_k=k, show_progress=False, n_ivf_probe=probe, n_full_scores=full)
+        lat = (time.perf_counter() - t0) / len(queries)
+        runs.append({"setting": [probe, full], "threads": nthreads, "latency": lat,
+                     "ids": [[int(i) for i, _ in r] for r in res]})
 print(json.dumps({"build": build, "bytes": size, "latency": runs[0]["latency"], "ids": runs[0]["ids"], "runs": runs}))
 """
 
@@ -133,8 +137,8 @@ def main() -> None:
                     help="also store float16 token vectors in xmodal's index and run the curve re-scoring with them")
     ap.add_argument("--centroids", type=int, default=None, help="xmodal k-means centroids (default: the index rule)")
     ap.add_argument("--threads", default="",
-                    help="torch threads for xmodal's searches, e.g. 1,2 runs the curve once per count (rows marked "
-                         "@1t/@2t); default: torch's default (OMP_NUM_THREADS). fast-plaid always uses every core")
+                    help="torch threads for both engines' searches, e.g. 1,2 runs each curve once per count (rows marked "
+                         "@1t/@2t); default: torch's default (OMP_NUM_THREADS); both engines build with every core")
     ap.add_argument("--peer-curve", default="8:4096",
                     help="fast-plaid n_ivf_probe:n_full_scores settings (its defaults: 8:4096)")
     args = ap.parse_args()
@@ -186,14 +190,16 @@ def main() -> None:
             torch.set_num_threads(threads[0])
             print(f"  xmodal nbits={nbits} done", flush=True)
             if peer is not None:
-                r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k), json.dumps(peer_curve)],
+                r = subprocess.run([str(peer), "-c", PEER_SCRIPT, work, str(nbits), str(args.k), json.dumps(peer_curve),
+                                    json.dumps(threads)],
                                    capture_output=True, text=True)
                 if r.returncode != 0:
                     print(f"  fast-plaid nbits={nbits} failed: {r.stderr[-500:]}")
                     continue
                 out = json.loads(r.stdout.strip().splitlines()[-1])
                 for run in out["runs"]:
-                    rows.append(("fast-plaid", nbits, "{}:{}".format(*run["setting"]), recall(run["ids"], truth),
+                    label = "{}:{}".format(*run["setting"]) + (f"@{run['threads']}t" if len(threads) > 1 else "")
+                    rows.append(("fast-plaid", nbits, label, recall(run["ids"], truth),
                                  1000 * run["latency"], float("nan"), out["bytes"] / docs.shape[0] / docs.shape[1], out["build"]))
                 print(f"  fast-plaid nbits={nbits} done", flush=True)
     print(f"\n{'engine':<11}{'nbits':>6}{'setting':>22}{'recall@10':>11}{'ms/query':>10}{'B/token (codes)':>17}"
