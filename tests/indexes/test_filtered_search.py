@@ -186,8 +186,9 @@ def _spy(monkeypatch, name):
 
 
 def test_broad_filter_on_hnsw_is_post_filtered_and_equals_brute_force(monkeypatch):
-    """A filter keeping half of the items: one unfiltered search for k' = 2k/fraction results with the disallowed
-    ones dropped (no selector search), k allowed results per query, exactly the brute-force ids."""
+    """A filter keeping half of the items: one unfiltered search for k' results (binomial: k allowed among them with
+    99% probability) with the disallowed ones dropped (no selector search), k allowed results per query, exactly
+    the brute-force ids."""
     x, q, ids, metas = _data()
     index = FaissIndex(D, kind="hnsw")
     index.add(ids, x, metadata=metas)
@@ -198,6 +199,29 @@ def test_broad_filter_on_hnsw_is_post_filtered_and_equals_brute_force(monkeypatc
     assert pre == []  # every row had k allowed among the k' unfiltered results
     assert all(len(r) == K for r in found)
     assert found == brute_force(x, q, ids, metas, where, K, set(ids) - set(ids[::50]))
+
+
+def test_post_filter_asks_for_the_binomial_number_of_results():
+    """k' is the fewest results holding k allowed ones with probability >= 99% for an independent filter (checked
+    against the exact binomial tail with math.comb); at 50% and k=10 that is 33, so a beam of efSearch >= 33 is not
+    widened (the old k' = 2k/fraction = 40 widened efSearch 32..39 for every broad-filtered query)."""
+    from math import comb
+
+    from xmodal.indexes import filtered
+
+    def tail(n, k, f):  # P(Binomial(n, f) < k)
+        return sum(comb(n, j) * f ** j * (1 - f) ** (n - j) for j in range(k))
+
+    for k, f in [(10, 0.5), (10, 0.3), (1, 0.5), (25, 0.8), (5, 0.99), (10, 1.0)]:
+        n = filtered._binomial_k(k, f)
+        assert tail(n, k, f) <= filtered.POST_SHORT + 1e-12, (k, f, n)
+        assert n == k or tail(n - 1, k, f) > filtered.POST_SHORT, (k, f, n)
+    assert filtered._binomial_k(10, 0.5) == 33
+    x, q, ids, metas = _data()
+    index = FaissIndex(D, kind="hnsw", ef_search=36)
+    index.add(ids, x, metadata=metas)
+    assert filtered._post_ef(index, K, 0.5, N) == 36  # beam as unfiltered
+    assert filtered._post_k(K, 0.5, N) == 33
 
 
 def test_post_filter_falls_back_when_rows_are_left_short(monkeypatch):
