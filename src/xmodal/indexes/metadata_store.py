@@ -232,11 +232,10 @@ class MetadataStore:
         import pyarrow.compute as pc
 
         t = type_class(value)
-        out = np.zeros(n, dtype=bool)
         dense = False
         if t == "bool":
             if op != "=":
-                return out  # true/false have no order
+                return np.zeros(n, dtype=bool)  # true/false have no order
             hit, rows = f.bool == value, f.bool_rows
         elif t == "num":
             ops = {"=": np.equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
@@ -251,6 +250,9 @@ class MetadataStore:
             if op != "=" and f.str_any_list:
                 hit &= ~f.str_list
             rows, dense = f.str_rows, f.str_dense
+        if dense and len(hit) == n:  # one value per row, in row order: the comparison is the mask (a fresh array)
+            return hit
+        out = np.zeros(n, dtype=bool)
         if dense:  # hits are already in row order
             m = min(n, len(hit))
             out[:m] = hit[:m]
