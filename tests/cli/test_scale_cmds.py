@@ -81,3 +81,34 @@ def test_index_needs_exactly_one_source(image_folder, tmp_path):
                  ("index", image_folder, "--from-embeddings", tmp_path, "--out", tmp_path / "i")):
         r = invoke(*args)
         assert isinstance(r.exception, InvalidInputError) and "one of the two" in str(r.exception)
+
+
+def test_index_from_embeddings_takes_refine_for_ivfpq_only(tmp_path):
+    """`--refine` reaches an IVF-PQ index built from shards (it was only taken for image folders) and is saved in the
+    manifest; it is refused in one line for HNSW and for unknown codes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    (tmp_path / "emb").mkdir()
+    for s in range(3):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[s * 1000:(s + 1) * 1000].ravel()), 32)
+        pq.write_table(pa.table({"id": [f"{s}-{j}" for j in range(1000)], "embedding": emb}),
+                       tmp_path / "emb" / f"part-{s:05d}.parquet")
+    r = invoke("index", "--from-embeddings", tmp_path / "emb", "--out", tmp_path / "ivf", "--kind", "ivfpq",
+               "--refine", "fp16", "--target-recall", 0)
+    assert r.exit_code == 0, r.output
+    params = json.loads((tmp_path / "ivf" / "manifest.json").read_text())["params"]
+    assert params["kind"] == "ivfpq" and params["refine"] == "fp16"
+    r = invoke("index-embeddings", tmp_path / "emb", "--out", tmp_path / "none", "--kind", "ivfpq", "--refine", "none",
+               "--target-recall", 0)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "none" / "manifest.json").read_text())["params"]["refine"] is None
+    for args, message in ((("--kind", "hnsw", "--refine", "fp16"), "--refine applies to --kind ivfpq"),
+                          (("--kind", "ivfpq", "--refine", "int4"), "unknown refine 'int4'")):
+        r = invoke("index", "--from-embeddings", tmp_path / "emb", "--out", tmp_path / "bad", *args)
+        assert isinstance(r.exception, InvalidInputError) and message in str(r.exception), r.output
+        assert not (tmp_path / "bad" / "manifest.json").exists()

@@ -47,13 +47,14 @@ def index_embeddings(
     nbits: Optional[int] = typer.Option(None, help="late-interaction: residual bits (default from the budget; 0 = uncompressed)."),
     overwrite: bool = typer.Option(False, help="Replace an index already at --out."),
     target_recall: Optional[float] = typer.Option(None, help="FAISS hnsw/ivfpq: recall@10 to tune the search settings to (default 0.95; 0 skips)."),
+    refine: Optional[str] = typer.Option(None, help="FAISS --kind ivfpq: re-scoring codes sq8, fp16, flat or none (default: as the budget allows)."),
 ) -> None:
     """Build an index from embedding shards without re-encoding (streaming); same as `xmodal index --from-embeddings`."""
     from .search_cmds import build_index_from_embeddings
 
     build_index_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb, nbits=nbits,
                                 milvus_uri=milvus_uri, milvus_collection=milvus_collection, overwrite=overwrite,
-                                target_recall=target_recall)
+                                target_recall=target_recall, refine=refine)
 
 
 def register(app: typer.Typer) -> None:

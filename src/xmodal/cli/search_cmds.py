@@ -74,7 +74,8 @@ def index(
     if from_embeddings is not None:
         build_index_from_embeddings(from_embeddings, out, engine=engine, kind=kind or "auto",
                                     memory_budget_mb=memory_budget_mb, nbits=nbits, milvus_uri=milvus_uri,
-                                    milvus_collection=milvus_collection, overwrite=overwrite, target_recall=target_recall)
+                                    milvus_collection=milvus_collection, overwrite=overwrite, target_recall=target_recall,
+                                    refine=refine)
         return
     from ..pipelines import index_folder
 
@@ -107,13 +108,13 @@ def split_fields(value: Optional[str]) -> Optional[list[str]]:
 def build_index_from_embeddings(emb_dir: Path, out: Path, engine: Optional[str], kind: str, memory_budget_mb: float,
                                 nbits: Optional[int] = None, milvus_uri: Optional[str] = None,
                                 milvus_collection: str = "xmodal", overwrite: bool = False,
-                                target_recall: Optional[float] = None) -> None:
+                                target_recall: Optional[float] = None, refine: Optional[str] = None) -> None:
     """Shared by `xmodal index --from-embeddings` and `xmodal index-embeddings`: build, then print the choice."""
     from ..pipelines import index_from_embeddings
 
     built = index_from_embeddings(emb_dir, out, engine=engine, kind=kind, memory_budget_mb=memory_budget_mb,
                                   nbits=nbits, uri=milvus_uri, collection=milvus_collection, overwrite=overwrite,
-                                  target_recall=0.95 if target_recall is None else (target_recall or None))
+                                  target_recall=0.95 if target_recall is None else (target_recall or None), refine=refine)
     typer.echo(built.summary(out))
     if built.collection:
         typer.echo(f"ids are image paths: `xmodal search {out} ...` works, and `xmodal index IMAGE_DIR --out {out}` "

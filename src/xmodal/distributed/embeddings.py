@@ -78,7 +78,8 @@ def build_from_embeddings(emb_dir: str | Path, out: str | Path, model_id: str | 
                           memory_budget_mb: float = 4096, kind: str = "auto", train_sample: int | None = None,
                           engine: str | None = None, uri: str | None = None, collection: str = "xmodal",
                           nbits: int | None = None, overwrite: bool = False,
-                          info: EmbeddingsInfo | None = None, target_recall: float | None = 0.95) -> tuple[Any, IndexChoice]:
+                          info: EmbeddingsInfo | None = None, target_recall: float | None = 0.95,
+                          refine: str | None = None) -> tuple[Any, IndexChoice]:
     """Stream ``*.parquet`` shards from ``xmodal encode`` into an index saved at ``out``; returns it and the choice.
 
     Args:
@@ -94,6 +95,8 @@ def build_from_embeddings(emb_dir: str | Path, out: str | Path, model_id: str | 
         info: the folder's ``inspect_embeddings`` result, when the caller has it already.
         target_recall: FAISS HNSW/IVF-PQ: tune the search settings to this recall@10 against exact search
             over the shards (saved in the manifest); None skips tuning.
+        refine: FAISS ``kind="ivfpq"``: the codes that re-score its candidates (``sq8``, ``fp16``, ``flat`` or
+            ``none``; default: what the memory budget allows).
 
     Only the index is written; ``xmodal.index_from_embeddings`` also makes ``out`` a collection
     (search by image path, incremental updates) when the shards come from an image folder or CSV.
@@ -116,6 +119,6 @@ def build_from_embeddings(emb_dir: str | Path, out: str | Path, model_id: str | 
     index, choice = resolve(spec.from_shards)(
         lambda: iter_embedding_shards(emb_dir), info, out, kind=kind, memory_budget_bytes=int(memory_budget_mb * 2**20),
         model_id=model_id or info.model_id, train_sample=train_sample, overwrite=overwrite,
-        **spec.pick_options(uri=uri, collection=collection, nbits=nbits, target_recall=target_recall))
+        **spec.pick_options(uri=uri, collection=collection, nbits=nbits, target_recall=target_recall, refine=refine))
     index.save(out)
     return index, choice

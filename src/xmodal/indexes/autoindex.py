@@ -154,13 +154,21 @@ def _choose_single(info: ShardStats, kind: str, memory_budget_bytes: int) -> Ind
 
 def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "auto", memory_budget_bytes: int,
                 model_id: str | None = None, train_sample: int | None = None, target_recall: float | None = None,
-                **_: Any) -> tuple[Any, IndexChoice]:
+                refine: str | None = None, **_: Any) -> tuple[Any, IndexChoice]:
     """``target_recall``: HNSW/IVF-PQ are tuned after the build to the smallest search setting that reaches it
-    (recall@10 against exact search over the shards, on a sample of their own vectors); None skips it."""
-    from .faiss_index import FaissIndex
+    (recall@10 against exact search over the shards, on a sample of their own vectors); None skips it.
+    ``refine``: IVF-PQ's re-scoring codes (``sq8``/``fp16``/``flat``/``none``), instead of the budget's choice."""
+    from .faiss_index import REFINES, FaissIndex
 
     choice = _choose_single(info, kind, memory_budget_bytes)
     params = dict(choice.params)
+    if refine is not None:  # asked for explicitly: only IVF-PQ has refine codes
+        if choice.kind != "ivfpq":
+            raise InvalidInputError(f"--refine applies to --kind ivfpq; this index is {choice.kind} "
+                                    "(flat and hnsw keep float32 vectors).")
+        if (None if refine == "none" else refine) not in REFINES:
+            raise InvalidInputError(f"unknown refine '{refine}'; choose sq8, fp16, flat or none.")
+        params["refine"] = None if refine == "none" else refine
     if choice.kind == "ivfpq":  # lists for the whole collection, not for the training sample
         params.setdefault("nlist", ivf_nlist(info.count))
     index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, target_recall=target_recall, **params)

@@ -161,7 +161,8 @@ class EmbeddingsIndex:
 def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str | None = None, kind: str = "auto",
                           memory_budget_mb: float = 4096, nbits: int | None = None, uri: str | None = None,
                           collection: str = "xmodal", overwrite: bool = False, model_id: str | None = None,
-                          train_sample: int | None = None, target_recall: float | None = 0.95) -> EmbeddingsIndex:
+                          train_sample: int | None = None, target_recall: float | None = 0.95,
+                          refine: str | None = None) -> EmbeddingsIndex:
     """Build an index from ``xmodal encode`` shards without re-encoding (see ``distributed.embeddings``).
 
     When the shards come from an image folder or CSV (their ids are relative image paths), ``out``
@@ -181,6 +182,6 @@ def index_from_embeddings(emb_dir: str | Path, out: str | Path, *, engine: str |
         index, choice = build_from_embeddings(emb_dir, out, model_id=model_id, memory_budget_mb=memory_budget_mb,
                                               kind=kind, train_sample=train_sample, engine=engine, uri=uri,
                                               collection=collection, nbits=nbits, overwrite=overwrite, info=info,
-                                              target_recall=target_recall)
+                                              target_recall=target_recall, refine=refine)
     (out / COLLECTION_FILE).unlink(missing_ok=True)  # an older version's plain record no longer applies
     return EmbeddingsIndex(index, choice, collection=bool(info.root))
