@@ -158,7 +158,7 @@ def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "aut
     """``target_recall``: HNSW/IVF-PQ are tuned after the build to the smallest search setting that reaches it
     (recall@10 against exact search over the shards, on a sample of their own vectors); None skips it.
     ``refine``: IVF-PQ's re-scoring codes (``sq8``/``fp16``/``flat``/``none``), instead of the budget's choice."""
-    from .faiss_index import REFINES, FaissIndex
+    from .faiss_index import FaissIndex, refine_codes
 
     choice = _choose_single(info, kind, memory_budget_bytes)
     params = dict(choice.params)
@@ -166,9 +166,7 @@ def build_faiss(shards: Shards, info: ShardStats, out: Path, *, kind: str = "aut
         if choice.kind != "ivfpq":
             raise InvalidInputError(f"--refine applies to --kind ivfpq; this index is {choice.kind} "
                                     "(flat and hnsw keep float32 vectors).")
-        if (None if refine == "none" else refine) not in REFINES:
-            raise InvalidInputError(f"unknown refine '{refine}'; choose sq8, fp16, flat or none.")
-        params["refine"] = None if refine == "none" else refine
+        params["refine"] = refine_codes(refine)
     if choice.kind == "ivfpq":  # lists for the whole collection, not for the training sample
         params.setdefault("nlist", ivf_nlist(info.count))
     index = FaissIndex(info.dim, kind=choice.kind, model_id=model_id, target_recall=target_recall, **params)

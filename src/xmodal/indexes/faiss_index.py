@@ -34,6 +34,14 @@ KINDS = ("flat", "hnsw", "ivfpq")
 REFINES: dict[str | None, int] = {None: 0, "sq8": 1, "fp16": 2, "flat": 4}
 
 
+def refine_codes(refine: str | None) -> str | None:
+    """The refine codes a name asks for (``"none"``, the CLI's spelling of no refine stage, is None); unknown names refused."""
+    codes = None if refine == "none" else refine
+    if codes not in REFINES:
+        raise InvalidInputError(f"unknown refine {refine!r}; choose sq8, fp16, flat or none.")
+    return codes
+
+
 class FaissIndex:
     """A FAISS index over string ids.
 
@@ -87,7 +95,7 @@ class FaissIndex:
             raise InvalidInputError(f"unknown FAISS index kind '{kind}'; choose one of {KINDS}.")
         if metric not in ("ip", "l2"):
             raise InvalidInputError(f"metric must be 'ip' or 'l2'; got '{metric}'.")
-        refine = None if refine == "none" else refine  # the CLI's spelling of "no refine stage"
+        refine = refine_codes(refine)
         self.dim = check_dim(dim)
         self.kind = kind
         self.metric = metric
@@ -110,8 +118,6 @@ class FaissIndex:
                                rescore_factor=self._quant.factor)
         if target_recall is not None and not 0 < target_recall <= 1:
             raise InvalidInputError(f"the target recall must be in (0, 1]; got {target_recall}.")
-        if refine not in REFINES:
-            raise InvalidInputError(f"refine must be None, 'sq8', 'fp16' or 'flat'; got {refine!r}.")
         # label -> id (None once removed), id -> label, id -> metadata. A loaded index keeps them as
         # Arrow columns (memory-mapped ids.arrow) and builds these Python objects only when asked
         # (add/remove/metadata), so opening and searching 10M items parses nothing per item.

@@ -114,13 +114,12 @@ def check_refine(spec: Any, out: str | Path, kind: str | None, refine: str | Non
     """Refuse ``refine`` for anything but a FAISS IVF-PQ index, or one that differs from an existing index's."""
     if refine is None:
         return
-    from ..indexes.faiss_index import REFINES
+    from ..indexes.faiss_index import refine_codes
     from ..indexes.manifest import MANIFEST_NAME, read_manifest
 
     if "refine" not in spec.options:
         raise InvalidInputError(f"--refine is a FAISS ivfpq option; the '{spec.name}' engine does not take it.")
-    if (None if refine == "none" else refine) not in REFINES:
-        raise InvalidInputError(f"unknown refine '{refine}'; choose sq8, fp16, flat or none.")
+    refine_codes(refine)  # unknown names refused
     stored = read_manifest(out, verify=False).params if (Path(out) / MANIFEST_NAME).exists() else None
     if (kind or (stored or {}).get("kind") or "flat") != "ivfpq":
         raise InvalidInputError("--refine applies to --kind ivfpq (flat and hnsw keep float32 vectors).")
